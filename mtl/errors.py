@@ -1,0 +1,22 @@
+"""Errors a user can act on.
+
+Every error raised for bad input derives from :class:`MTLError`; the command-line entry
+points print its message as a single line and exit with status 2. The message names the
+problem and the fix, so it is the whole user interface of a failure.
+"""
+
+
+class MTLError(Exception):
+    """Base class: a problem with the user's input or environment, not a bug."""
+
+
+class ConfigError(MTLError, ValueError):
+    """The experiment or sweep configuration is malformed or impossible."""
+
+
+class DataError(MTLError):
+    """A dataset is missing, laid out unexpectedly, or holds unreadable files."""
+
+
+class CheckpointError(MTLError):
+    """A checkpoint is missing, corrupt or does not fit the model it is loaded into."""
