@@ -15,12 +15,9 @@ result states every number that was used.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
-import types
-import typing
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -28,6 +25,9 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 from mtl.errors import ConfigError
+from mtl.typed import (apply, as_mapping, build, deep_merge, field_types, flatten, parse_override,  # noqa: F401
+                       read_yaml)
+from mtl.typed import check_key as typed_check_key
 
 # ----------------------------------------------------------------------------- sections
 
@@ -77,6 +77,7 @@ class Pretrain:
     lr_step: int | None = None  # epochs between learning-rate decays
     lr_gamma: float | None = None
     augment: bool | None = None  # random resized crop + horizontal flip
+    crop_scale: float = 0.08  # smallest crop area share (torchvision's RandomResizedCrop default)
     dropout: float | None = None  # dropout after each residual block, pretraining only
     # model selection: few-shot linear probe on a fixed bank of validation episodes
     val_every: int = 1
@@ -178,14 +179,14 @@ class Config:
         Changing ``pretrain.recipe`` moves the pretraining fields that still hold the old
         recipe's values to the new recipe's values; fields set to other values stay.
         """
-        flat = _as_mapping(overrides)
+        flat = as_mapping(overrides)
         tree = self.to_dict()
         new_recipe = flat.get("pretrain.recipe", self.pretrain.recipe)
         if new_recipe != self.pretrain.recipe and new_recipe in PRETRAIN_RECIPES:
             for k, v in PRETRAIN_RECIPES[self.pretrain.recipe].items():
                 if tree["pretrain"][k] == v and f"pretrain.{k}" not in flat:
                     tree["pretrain"][k] = None
-        return _validated(_apply(tree, flat))
+        return _validated(apply(tree, flat, Config))
 
     def hash(self, *sections: str) -> str:
         """Stable hash of the named sections (all when none are named)."""
@@ -221,26 +222,6 @@ def find_config(name_or_path: str | Path) -> Path:
     )
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping; malformed YAML or a non-mapping top level is a ConfigError."""
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}; check the path") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"malformed YAML in {path}{where}: {problem}; fix the syntax") from None
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections, not a {type(doc).__name__}")
-    return doc
-
-
 def _file_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The file's mapping with its ``base:`` chain merged underneath it."""
     path = path.resolve()
@@ -253,7 +234,7 @@ def _file_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(base, str):
         raise ConfigError(f"'base' in {path} must be a config name or path, not {base!r}")
     base_path = (path.parent / base) if (path.parent / base).is_file() else find_config(base)
-    return _deep_merge(_file_tree(base_path, seen + (path,)), doc)
+    return deep_merge(_file_tree(base_path, seen + (path,)), doc)
 
 
 def load_config(
@@ -272,28 +253,17 @@ def load_config(
         tree = dict(source)
         base = tree.pop("base", None)
         if base is not None:
-            tree = _deep_merge(_file_tree(find_config(base)), tree)
+            tree = deep_merge(_file_tree(find_config(base)), tree)
     else:
         tree = _file_tree(find_config(source))
-    cfg = config_from_dict(tree)
-    return cfg.with_overrides(overrides) if overrides else cfg
+    flat = flatten(tree, Config)
+    flat.update(as_mapping(overrides))
+    return _validated(apply(Config().to_dict(), flat, Config))
 
 
 def config_from_dict(tree: Mapping[str, Any]) -> Config:
     """Strictly build a Config from a (possibly partial) nested mapping, then resolve and validate."""
-    return _validated(_apply(Config().to_dict(), _flatten(tree)))
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"meta.inner_lr=0.02"`` -> ``("meta.inner_lr", 0.02)``."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {text!r} is not of the form key=value, e.g. meta.inner_lr=0.02")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
+    return _validated(apply(Config().to_dict(), flatten(tree, Config), Config))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
@@ -306,154 +276,16 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def all_keys() -> list[str]:
     """Every dotted key a config accepts."""
-    return sorted(_field_types(Config).keys())
+    return sorted(field_types(Config).keys())
 
 
 def check_key(key: str) -> type:
-    """The declared type of a dotted key; an unknown key raises with close matches."""
-    types_ = _field_types(Config)
-    if key in types_:
-        return types_[key]
-    if key in _section_names(Config):
-        example = next(k for k in types_ if k.startswith(key + "."))
-        raise ConfigError(f"{key!r} is a config section; set its fields one by one, e.g. {example}=...")
-    close = difflib.get_close_matches(key, list(types_), n=3, cutoff=0.6)
-    prefix = key.split(".")[0]
-    if not close and prefix in {f.name for f in fields(Config)}:
-        close = [k for k in types_ if k.startswith(prefix + ".")][:6]
-    hint = f"; did you mean {' or '.join(close)}?" if close else "; see mtl/config.py for the fields"
-    raise ConfigError(f"unknown config key {key!r}{hint}")
-
-
-# ----------------------------------------------------------------------------- internals
-
-
-def _as_mapping(overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
-    if isinstance(overrides, Mapping):
-        return dict(overrides)
-    out: dict[str, Any] = {}
-    for item in overrides:
-        k, v = parse_override(item)
-        out[k] = v
-    return out
-
-
-def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in top.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _deep_merge(dict(out[k]), v)
-        else:
-            out[k] = v
-    return out
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> dotted keys (unknown keys are caught later by check_key)."""
-    flat: dict[str, Any] = {}
-    sections = _section_names(Config)
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if key in sections:
-            if not isinstance(v, Mapping):
-                raise ConfigError(f"config section {key!r} must be a mapping of fields, not {v!r}")
-            flat.update(_flatten(v, key + "."))
-        else:
-            flat[key] = v
-    return flat
-
-
-def _apply(tree: dict[str, Any], flat: Mapping[str, Any]) -> dict[str, Any]:
-    out = json.loads(json.dumps(tree))  # deep copy of plain data
-    for key, value in flat.items():
-        typ = check_key(key)
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = _coerce(key, typ, value)
-    return out
-
-
-def _coerce(key: str, typ: Any, value: Any) -> Any:
-    """Check a value against a field type; ints are accepted where floats are."""
-    origin = typing.get_origin(typ)
-    args = typing.get_args(typ)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(key, a, value)
-            except ConfigError as e:
-                errors.append(e)
-        raise errors[0]
-    if origin is Literal:
-        if value in args and not isinstance(value, bool):
-            return value
-        choices = ", ".join(repr(a) for a in args)
-        raise ConfigError(f"{key} must be one of {choices}, not {value!r}")
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-    elif typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif typ is str:
-        if isinstance(value, str):
-            return value
-    else:
-        raise TypeError(f"unsupported config field type {typ!r} for {key}")
-    name = getattr(typ, "__name__", str(typ))
-    raise ConfigError(f"{key} must be {_article(name)} {name}, not {value!r} ({type(value).__name__})")
-
-
-def _article(name: str) -> str:
-    return "an" if name[0] in "aeiou" else "a"
-
-
-def _field_types(cls: type, prefix: str = "") -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    out: dict[str, Any] = {}
-    for f in fields(cls):
-        t = hints[f.name]
-        if is_dataclass(t):
-            out.update(_field_types(t, f"{prefix}{f.name}."))
-        else:
-            out[f"{prefix}{f.name}"] = t
-    return out
-
-
-def _section_names(cls: type, prefix: str = "") -> set[str]:
-    hints = typing.get_type_hints(cls)
-    out: set[str] = set()
-    for f in fields(cls):
-        if is_dataclass(hints[f.name]):
-            out.add(prefix + f.name)
-            out |= _section_names(hints[f.name], f"{prefix}{f.name}.")
-    return out
-
-
-def _build(cls: type, d: Mapping[str, Any]) -> Any:
-    hints = typing.get_type_hints(cls)
-    kw = {f.name: _build(hints[f.name], d[f.name]) if is_dataclass(hints[f.name]) else d[f.name]
-          for f in fields(cls)}
-    return cls(**kw)
+    """The declared type of a dotted config key; an unknown key raises with close matches."""
+    return typed_check_key(key, Config)
 
 
 def _validated(tree: dict[str, Any]) -> Config:
-    cfg = resolve(_build(Config, tree))
+    cfg = resolve(build(Config, tree))
     validate(cfg)
     return cfg
 
@@ -487,6 +319,7 @@ def validate(cfg: Config) -> None:
     for key in ("meta.lr_gamma", "pretrain.lr_gamma"):
         need(0 < cfg.get(key) <= 1, key, "must be in (0, 1] (a decay factor)")
     need(0 <= cfg.pretrain.dropout < 1, "pretrain.dropout", "must be in [0, 1)")
+    need(0 < cfg.pretrain.crop_scale <= 1, "pretrain.crop_scale", "must be in (0, 1]")
     need(cfg.pretrain.weight_decay >= 0, "pretrain.weight_decay", "must be >= 0")
     need(0 <= cfg.pretrain.momentum < 1, "pretrain.momentum", "must be in [0, 1)")
     need(cfg.meta.lr_floor >= 0, "meta.lr_floor", "must be >= 0")

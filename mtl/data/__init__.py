@@ -1,0 +1,13 @@
+"""Datasets: cheap listings, a decoded uint8 cache, a procedural test set.
+
+``index_split`` lists a split without decoding (class names, counts, fingerprint);
+``load_split`` returns its images as one uint8 tensor grouped by class, decoded once into
+the on-disk cache; ``split_stats`` feeds ``config.check_against_data``; and
+``dataset_fingerprint`` keys the shared pretraining cache. ``data.dataset`` picks the
+reader: ``synthetic``, ``folder``, ``mini``, ``fc100`` or ``tiered``.
+"""
+
+from mtl.data.datasets import dataset_fingerprint, index_split, load_split, split_stats
+from mtl.data.splits import Split, SplitIndex
+
+__all__ = ["SplitIndex", "Split", "index_split", "load_split", "split_stats", "dataset_fingerprint"]

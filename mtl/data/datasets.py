@@ -1,0 +1,134 @@
+"""The dataset names of ``data.dataset`` -> readers; the public listing and loading calls.
+
+``index_split`` is cheap (a directory scan, a CSV read, a stat; pickles are unpickled only
+when no cache entry already holds their class list) and is what ``split_stats`` and
+``dataset_fingerprint`` use. ``load_split`` decodes through :mod:`mtl.data.cache`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from mtl.config import Data
+from mtl.data import cache, formats
+from mtl.data.decode import LazyDecoder
+from mtl.data.splits import Split, SplitIndex, split_from_arrays
+from mtl.data.synthetic import synthetic_index
+from mtl.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+FOLDER_LAYOUT = "ROOT/{train,val,test}/<class>/<image files>"
+MINI_LAYOUT = ("ROOT/images/*.jpg with ROOT/train.csv, val.csv, test.csv; "
+               "or ROOT/mini-imagenet-cache-{train,val,test}.pkl; or ROOT/{train,val,test}/<class>/*.jpg")
+FC100_LAYOUT = ("ROOT/cifar-100-python/{train,test,meta} (CIFAR-100, python version), "
+                "or ROOT being that cifar-100-python folder")
+
+# name in messages, expected layout
+_DESCRIPTIONS = {
+    "folder": ("image-folder dataset", FOLDER_LAYOUT),
+    "tiered": ("tieredImageNet", FOLDER_LAYOUT),
+    "mini": ("miniImageNet", MINI_LAYOUT),
+    "fc100": ("FC100 (CIFAR-100)", FC100_LAYOUT),
+}
+
+
+def _root(data: Data) -> Path:
+    what, layout = _DESCRIPTIONS[data.dataset]
+    if not data.root:
+        raise DataError(f"data.root is not set for {what}; set data.root to the folder holding {layout}")
+    root = Path(data.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{what} not found under {root}: expected {layout}")
+    return root
+
+
+def _folder(data: Data, split: str) -> formats.Source:
+    return formats.folder_source(_root(data), split, data.image_size, _DESCRIPTIONS[data.dataset][0])
+
+
+def _mini(data: Data, split: str) -> formats.Source:
+    """The first form present wins: CSV + images, then pickles, then class folders."""
+    root, size = _root(data), data.image_size
+    if any((root / f"{s}.csv").is_file() for s in SPLITS):
+        return formats.mini_csv_source(root, split, size)
+    if any((root / f"mini-imagenet-cache-{s}.pkl").is_file() for s in SPLITS):
+        return formats.mini_pickle_source(root, split, size)
+    if any((root / s).is_dir() for s in SPLITS):
+        return formats.folder_source(root, split, size, "miniImageNet")
+    raise DataError(f"miniImageNet not found under {root}: expected {MINI_LAYOUT}")
+
+
+def _fc100(data: Data, split: str) -> formats.Source:
+    root = _root(data)
+    cifar = formats.cifar100_dir(root)
+    if cifar is None:
+        raise DataError(f"FC100 (CIFAR-100) not found under {root}: expected {FC100_LAYOUT}")
+    return formats.fc100_source(cifar, split, data.image_size)
+
+
+_READERS: dict[str, Callable[[Data, str], formats.Source]] = {
+    "folder": _folder, "tiered": _folder, "mini": _mini, "fc100": _fc100,
+}
+
+
+def index_split(data: Data, split: str) -> SplitIndex:
+    """Class names, counts and fingerprint of one split, without decoding any image."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    if data.dataset == "synthetic":
+        return synthetic_index(data, split)
+    if data.dataset not in _READERS:
+        raise DataError(f"unknown dataset {data.dataset!r}; choose one of synthetic, {', '.join(_READERS)}")
+    src = _READERS[data.dataset](data, split)
+    known = None if src.cheap else cache.read_meta(
+        cache.cache_dir(data), data.dataset, split, data.image_size, src.fingerprint)
+    if known is not None:  # a finished cache entry already lists the classes: skip unpickling
+        names, counts = list(known["class_names"]), [int(c) for c in known["counts"]]
+        decoder = LazyDecoder(src.listing, names, counts, src.description)
+    else:
+        names, counts, decoder = src.listing()
+    return SplitIndex(
+        dataset=data.dataset, split=split, class_names=list(names), counts=list(counts),
+        fingerprint=src.fingerprint, image_size=data.image_size, source=src.description,
+        _decoder=decoder,
+    )
+
+
+def split_stats(data: Data) -> dict[str, tuple[int, int]]:
+    """``{split: (number of classes, fewest images in a class)}``, for ``config.check_against_data``."""
+    out = {}
+    for split in SPLITS:
+        index = index_split(data, split)
+        out[split] = (len(index.class_names), min(index.counts))
+    return out
+
+
+def load_split(data: Data, split: str, progress: bool = True) -> Split:
+    """Decoded images of one split (uint8 ``[N, 3, S, S]``, grouped by class), via the cache."""
+    index = index_split(data, split)
+    if not index.cacheable:  # generated: one chunk per class, classes in parallel
+        images = np.empty((index.num_images, 3, index.image_size, index.image_size), dtype=np.uint8)
+        cache.decode_into(index.decoder, images, progress, f"{index.dataset}/{split}",
+                          chunk=max(1, min(index.counts)))
+        return split_from_arrays(images, index.class_names, index.counts, index.fingerprint)
+    return cache.load_cached(index, cache.cache_dir(data), progress)
+
+
+def dataset_fingerprint(data: Data) -> str:
+    """One digest of the three splits' fingerprints (keys the shared pretraining cache)."""
+    h = hashlib.sha256(data.dataset.encode())
+    for split in SPLITS:
+        h.update(f"|{split}:{_fingerprint(data, split)}".encode())
+    return h.hexdigest()
+
+
+def _fingerprint(data: Data, split: str) -> str:
+    """A split's fingerprint without its listing (no unpickling for the pickle forms)."""
+    if data.dataset in _READERS:
+        return _READERS[data.dataset](data, split).fingerprint
+    return index_split(data, split).fingerprint

@@ -1,0 +1,83 @@
+"""Seeded N-way K-shot Q-query episodes as index tensors into a class-grouped image array.
+
+A split stores class ``c`` in rows ``offsets[c]:offsets[c+1]``, so an episode is just two
+index tensors (support, query) and the classes they came from; gathering images is one
+``index_select`` on whatever device holds the images. Labels are implicit: support row
+``i`` has label ``i // shot`` and query row ``j`` has label ``j // query``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Episodes:
+    """B episodes of the same shape. All tensors int64 on the CPU."""
+
+    support: torch.Tensor  # [B, way * shot] image rows
+    query: torch.Tensor  # [B, way * query] image rows
+    classes: torch.Tensor  # [B, way] class ids, in label order
+    shot: int
+    n_query: int
+
+    @property
+    def way(self) -> int:
+        return self.classes.shape[1]
+
+    def __len__(self) -> int:
+        return self.classes.shape[0]
+
+    def __getitem__(self, sl: slice) -> "Episodes":
+        return Episodes(self.support[sl], self.query[sl], self.classes[sl], self.shot, self.n_query)
+
+    def labels(self, per_class: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``[B, way * per_class]`` labels for class-major rows."""
+        lab = torch.arange(self.way, device=device).repeat_interleave(per_class)
+        return lab.expand(len(self), -1)
+
+
+def sample_episodes(
+    offsets: torch.Tensor,
+    way: int,
+    shot: int,
+    query: int,
+    batch: int,
+    generator: torch.Generator,
+    classes: torch.Tensor | None = None,
+) -> Episodes:
+    """Draw ``batch`` episodes: ``way`` distinct classes (unless ``classes [batch, way]`` is
+    given), then ``shot + query`` distinct images per class, split into disjoint support and
+    query. Random subsets without replacement come from the smallest of uniform keys, which
+    handles classes of different sizes in one vectorised call.
+    """
+    offsets = offsets.cpu()
+    counts = offsets[1:] - offsets[:-1]
+    n_cls = counts.numel()
+    if classes is None:
+        classes = torch.rand(batch, n_cls, generator=generator).argsort(dim=1)[:, :way]
+    else:
+        classes = classes.to(torch.int64).cpu()
+    k = shot + query
+    cnt = counts[classes]  # [B, way]
+    if int(cnt.min()) < k:
+        raise ValueError(f"a class has {int(cnt.min())} images; an episode needs {k} per class")
+    keys = torch.rand(batch, way, int(cnt.max()), generator=generator)
+    keys.masked_fill_(torch.arange(keys.shape[-1]) >= cnt.unsqueeze(-1), 2.0)
+    picks = keys.topk(k, dim=-1, largest=False).indices + offsets[classes].unsqueeze(-1)  # [B, way, k]
+    return Episodes(
+        support=picks[..., :shot].reshape(batch, way * shot),
+        query=picks[..., shot:].reshape(batch, way * query),
+        classes=classes,
+        shot=shot,
+        n_query=query,
+    )
+
+
+def episode_bank(offsets: torch.Tensor, way: int, shot: int, query: int, n: int, seed: int) -> Episodes:
+    """A fixed list of ``n`` episodes: identical for every run that uses the same seed and shape,
+    so trials are compared on the same tasks."""
+    g = torch.Generator().manual_seed(seed)
+    return sample_episodes(offsets, way, shot, query, n, g)

@@ -1,0 +1,81 @@
+"""Hard-task (HT) meta-batch scheduling (mtl-algorithm.md §4.3).
+
+After every normal meta-batch the trainer hands over each task's per-class query accuracy.
+Each task's failure class(es) go into a pool; after ``window`` normal meta-batches, if the
+pool holds enough distinct classes, ``hard_batches`` hard meta-batches are run, each task
+made of ``way`` distinct pool classes with fresh images. Then the window starts over.
+
+This object only decides *which classes*; it trains nothing. Unlike the preliminary public
+code it clears exactly the window it pooled (its pool went stale), never repeats a class
+within a task, and leaves image sampling to the episode sampler, whose support and query
+are disjoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class HardTaskScheduler:
+    def __init__(self, way: int, window: int, hard_batches: int, top_m: int = 1, min_pool: int = 0) -> None:
+        if top_m >= way:
+            raise ValueError("top_m must be smaller than way")
+        self.way, self.window, self.hard_batches, self.top_m = way, window, hard_batches, top_m
+        self.min_pool = max(way, min_pool)
+        self.pool: set[int] = set()
+        self.count = 0  # normal meta-batches in the current window
+
+    @property
+    def enabled(self) -> bool:
+        return self.hard_batches > 0
+
+    @staticmethod
+    def failure_classes(
+        classes: torch.Tensor, class_acc: torch.Tensor, class_loss: torch.Tensor, top_m: int,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """The ``top_m`` worst classes of each task, ``[B, top_m]`` class ids.
+
+        Worst = lowest query accuracy; ties go to the higher mean query cross-entropy, then
+        to a random pick (stable sorts applied from the last key to the first).
+        """
+        B, way = class_acc.shape
+        order = torch.rand(B, way, generator=generator).argsort(dim=1)
+        for key, descending in ((class_loss.cpu(), True), (class_acc.cpu(), False)):
+            k = key.gather(1, order)
+            order = order.gather(1, k.argsort(dim=1, descending=descending, stable=True))
+        return classes.cpu().gather(1, order[:, :top_m])
+
+    def record(self, classes: torch.Tensor, class_acc: torch.Tensor, class_loss: torch.Tensor,
+               generator: torch.Generator) -> None:
+        """Pool the failure classes of one normal meta-batch's tasks."""
+        if self.enabled:
+            worst = self.failure_classes(classes, class_acc, class_loss, self.top_m, generator)
+            self.pool.update(int(c) for c in worst.flatten())
+
+    def end_normal_batch(self) -> list[int] | None:
+        """Count a normal meta-batch; when the window closes, return the pool to draw the hard
+        batches from (None when none are due) and start a new window."""
+        if not self.enabled:
+            return None
+        self.count += 1
+        if self.count < self.window:
+            return None
+        pool = sorted(self.pool)
+        self.pool.clear()
+        self.count = 0
+        return pool if len(pool) >= self.min_pool else None
+
+    def hard_classes(self, pool: list[int], batch: int, generator: torch.Generator) -> torch.Tensor:
+        """``[batch, way]`` class ids: each row ``way`` distinct classes drawn uniformly from the pool."""
+        picks = torch.rand(batch, len(pool), generator=generator).argsort(dim=1)[:, : self.way]
+        return torch.tensor(pool, dtype=torch.int64)[picks]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pool": sorted(self.pool), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pool = set(int(c) for c in state["pool"])
+        self.count = int(state["count"])

@@ -1,0 +1,101 @@
+"""Episode features and few-shot evaluation (meta-validation, test, the pretraining probe).
+
+Evaluation runs many episodes at once: the backbone embeds all support and query images
+of ``batch_episodes`` episodes in one ``no_grad`` forward, then the heads of all those
+episodes adapt together as batched matrix ops (:func:`mtl.models.head.adapt_head`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from mtl.data.transforms import Normalize, hflip
+from mtl.episodes import Episodes
+from mtl.models.head import adapt_head, ci95, logits, query_stats
+from mtl.runtime import Env
+
+
+class ImageSource(Protocol):
+    images: torch.Tensor  # uint8 [N, 3, S, S]
+
+
+@dataclass
+class Embedder:
+    """Turns episode index tensors into support and query features with a backbone."""
+
+    model: nn.Module
+    normalize: Normalize
+    env: Env
+    transductive: bool = False  # BN batch statistics per episode and role (bn_mode batch_stats)
+
+    def images(self, source: ImageSource, rows: torch.Tensor) -> torch.Tensor:
+        imgs = source.images.index_select(0, rows.flatten().to(source.images.device))
+        return self.normalize(imgs.to(self.env.device, non_blocking=True))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        with self.env.autocast():
+            return self.model(x).float()
+
+    def __call__(self, source: ImageSource, eps: Episodes, flip_support: bool = False):
+        """Features ``support [B, n_s, D]``, ``query [B, n_q, D]``; with ``flip_support`` the
+        support set is doubled by horizontal-flip copies (labels: see :func:`support_labels`)."""
+        B = len(eps)
+        rows = torch.cat([eps.support, eps.query], dim=1)  # [B, n_s + n_q]
+        n_s = eps.support.shape[1]
+        x = self.images(source, rows)
+        if self.transductive:  # statistics of each episode's support and query batch separately
+            x = x.view(B, rows.shape[1], *x.shape[1:])
+            f = torch.stack([torch.cat([self.features(xi[:n_s]), self.features(xi[n_s:])]) for xi in x])
+            fs, fq = f[:, :n_s], f[:, n_s:]
+            if flip_support:
+                fs = torch.cat([fs, torch.stack([self.features(hflip(xi[:n_s])) for xi in x])], dim=1)
+            return fs, fq
+        if flip_support:
+            xs = x.view(B, rows.shape[1], *x.shape[1:])[:, :n_s].flatten(0, 1)
+            x = torch.cat([x, hflip(xs)])
+        f = self.features(x)
+        fq = f[: B * rows.shape[1]].view(B, rows.shape[1], -1)
+        fs = fq[:, :n_s]
+        if flip_support:
+            fs = torch.cat([fs, f[B * rows.shape[1]:].view(B, n_s, -1)], dim=1)
+        return fs, fq[:, n_s:]
+
+
+def support_labels(eps: Episodes, flip_support: bool, device: torch.device) -> torch.Tensor:
+    lab = eps.labels(eps.shot, device)
+    return torch.cat([lab, lab], dim=1) if flip_support else lab
+
+
+def evaluate(
+    embed: Embedder,
+    source: ImageSource,
+    episodes: Episodes,
+    w0: torch.Tensor,
+    b0: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    batch_episodes: int,
+    flip_support: bool = False,
+) -> dict[str, Any]:
+    """Mean query accuracy over ``episodes`` with its 95% CI, and the per-episode accuracies.
+
+    The caller puts the model in evaluation mode. ``w0, b0`` initialise every episode's head.
+    """
+    accs = []
+    dev = embed.env.device
+    w0, b0 = w0.detach().to(dev, torch.float32), b0.detach().to(dev, torch.float32)
+    with torch.no_grad():
+        for i in range(0, len(episodes), batch_episodes):
+            eps = episodes[i : i + batch_episodes]
+            fs, fq = embed(source, eps, flip_support)
+            w, b = adapt_head(fs, support_labels(eps, flip_support, dev), w0, b0,
+                              steps=steps, lr=lr, first_order=True)
+            stats = query_stats(logits(fq, w, b), eps.labels(eps.n_query, dev), eps.way)
+            accs.append(stats["acc"].cpu())
+    acc = torch.cat(accs)
+    return {"acc": acc.mean().item(), "ci95": ci95(acc), "accs": acc.tolist()}

@@ -1,0 +1,194 @@
+"""Phase B: meta-transfer with scaling/shifting, and the hard-task meta-batch.
+
+The pre-trained backbone is converted to scale-shift form and frozen; only scales, shifts,
+the head initialisation (and BN affine in ``train_affine`` mode) learn, with two Adam
+parameter groups. One outer update: embed a meta-batch of tasks in one forward, adapt each
+task's head on its support features, score the adapted heads on the query features,
+average, step. Hard meta-batches follow each window of normal ones (mtl-algorithm.md §4.3).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+
+from mtl.config import Config, eval_query, hard_batches_per_window
+from mtl.data.transforms import Normalize
+from mtl.episodes import Episodes, episode_bank, sample_episodes
+from mtl.errors import MTLError
+from mtl.hard_tasks import HardTaskScheduler
+from mtl.models.backbones import create_backbone
+from mtl.models.head import HeadInit, adapt_head, logits, query_stats
+from mtl.models.scale_shift import (bn_affine_parameters, load_backbone_state, load_meta_state, meta_state,
+                                    set_bn_mode, ss_parameters, to_scale_shift)
+from mtl.phases.evaluate import Embedder, evaluate
+from mtl.runtime import Env, progress, rng_state, set_rng_state
+
+
+def build_meta_model(cfg: Config, env: Env, backbone_state: dict[str, torch.Tensor], source: str = "the backbone"):
+    """Plain backbone + strict load of pre-trained weights + scale-shift conversion, on the device."""
+    model = create_backbone(cfg.model.backbone)
+    load_backbone_state(model, backbone_state, source)
+    to_scale_shift(model, cfg.model.ss_scope, cfg.model.scale_granularity)
+    fmt = torch.channels_last if env.channels_last else torch.contiguous_format
+    return model.to(env.device, memory_format=fmt)
+
+
+class MetaTrainer:
+    kind = "meta"
+
+    def __init__(self, cfg: Config, env: Env, train, val, backbone_state: dict[str, torch.Tensor]) -> None:
+        m = cfg.meta
+        self.cfg, self.env, self.train, self.val = cfg, env, train, val
+        self.backbone_state = backbone_state
+        torch.manual_seed(cfg.runtime.seed)
+        self.model = build_meta_model(cfg, env, backbone_state)
+        self.head = HeadInit(m.way, self.model.out_dim, m.head_init).to(env.device)
+        set_bn_mode(self.model, cfg.model.bn_mode, training=True)
+        ss = list(ss_parameters(self.model))
+        if cfg.model.bn_mode == "train_affine":
+            ss += list(bn_affine_parameters(self.model))
+        self.opt = torch.optim.Adam([{"params": ss, "lr": m.lr_ss}, {"params": self.head.parameters(), "lr": m.lr_head}])
+        floors = [min(1.0, m.lr_floor / g["lr"]) for g in self.opt.param_groups]
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, [lambda s, f=f: max(m.lr_gamma ** (s // m.lr_step), f) for f in floors])
+        self.gen = torch.Generator().manual_seed(cfg.runtime.seed + 2)  # tasks and hard-task picks
+        ht = cfg.hard_tasks
+        self.ht = HardTaskScheduler(m.way, ht.window, hard_batches_per_window(ht), ht.top_m, ht.min_pool)
+        self.normalize = Normalize(cfg.data.normalization, env.device, env.channels_last)
+        self.embed = Embedder(self.model, self.normalize, env, transductive=cfg.model.bn_mode == "batch_stats")
+        self.val_bank = episode_bank(val.offsets, m.way, m.shot, eval_query(cfg), cfg.eval.val_episodes, cfg.eval.seed)
+        self.epoch = 0
+        self.step = 0
+        self.hard_updates = 0
+        self.best_acc = -1.0
+        self.best_epoch = 0
+        self.best_state: dict[str, Any] | None = None
+        self.last_val: dict[str, float] = {}
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.cfg.meta.epochs
+
+    def task_stats(self, source, eps: Episodes, *, steps: int, first_order: bool) -> dict[str, torch.Tensor]:
+        """Adapt each task's head on its support set and score it on its query set."""
+        dev, m = self.env.device, self.cfg.meta
+        fs, fq = self.embed(source, eps)
+        w, b = adapt_head(fs, eps.labels(eps.shot, dev), self.head.weight, self.head.bias,
+                          steps=steps, lr=m.inner_lr, first_order=first_order)
+        return query_stats(logits(fq, w, b), eps.labels(eps.n_query, dev), eps.way)
+
+    def outer_step(self, eps: Episodes) -> dict[str, torch.Tensor]:
+        m = self.cfg.meta
+        stats = self.task_stats(self.train, eps, steps=m.inner_steps, first_order=m.first_order)
+        loss = stats["loss"].mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        return stats
+
+    def sample(self, classes: torch.Tensor | None = None) -> Episodes:
+        m = self.cfg.meta
+        return sample_episodes(self.train.offsets, m.way, m.shot, m.query, m.meta_batch, self.gen, classes)
+
+    def train_epoch(self) -> dict[str, float]:
+        m = self.cfg.meta
+        set_bn_mode(self.model, self.cfg.model.bn_mode, training=True)
+        losses, accs = [], []
+        hard = 0
+        start = time.perf_counter()
+        for _ in progress(range(m.batches_per_epoch), self.env, total=m.batches_per_epoch,
+                          desc=f"meta {self.epoch + 1}"):
+            eps = self.sample()
+            stats = self.outer_step(eps)
+            losses.append(stats["loss"].detach().mean())
+            accs.append(stats["acc"].mean())
+            self.ht.record(eps.classes, stats["class_acc"], stats["class_loss"], self.gen)
+            pool = self.ht.end_normal_batch()
+            if pool is not None:
+                for _ in range(self.ht.hard_batches):
+                    self.outer_step(self.sample(self.ht.hard_classes(pool, m.meta_batch, self.gen)))
+                    hard += 1
+        loss = torch.stack(losses).mean().item()
+        if loss != loss or abs(loss) == float("inf"):
+            raise MTLError(f"meta-training loss became {loss} in epoch {self.epoch + 1}; lower meta.inner_lr or the meta lrs")
+        updates = m.batches_per_epoch + hard
+        secs = time.perf_counter() - start
+        self.hard_updates += hard
+        return {"train_loss": loss, "train_acc": torch.stack(accs).mean().item(),
+                "hard_share": hard / updates, "hard_share_total": self.hard_updates / self.step,
+                "episodes_per_s": updates * m.meta_batch / secs, "updates": self.step,
+                "lr_ss": self.opt.param_groups[0]["lr"], "lr_head": self.opt.param_groups[1]["lr"]}
+
+    def evaluate(self, source, episodes: Episodes) -> dict[str, Any]:
+        """Few-shot accuracy of the current model and head init on fixed episodes."""
+        set_bn_mode(self.model, self.cfg.model.bn_mode, training=False)
+        e = self.cfg.eval
+        return evaluate(self.embed, source, episodes, self.head.weight, self.head.bias,
+                        steps=e.inner_steps, lr=self.cfg.meta.inner_lr, batch_episodes=e.batch_episodes,
+                        flip_support=e.protocol == "paper")
+
+    def run_epoch(self) -> dict[str, Any]:
+        """Train one epoch, validate on the fixed bank when due, keep the best state."""
+        metrics: dict[str, Any] = {"phase": "meta", **self.train_epoch()}
+        self.epoch += 1
+        if self.epoch % self.cfg.eval.val_every == 0 or self.done:
+            v = self.evaluate(self.val, self.val_bank)
+            self.last_val = {"val_acc": v["acc"], "val_ci95": v["ci95"]}
+            if v["acc"] > self.best_acc:
+                self.best_acc, self.best_epoch = v["acc"], self.epoch
+                self.best_state = self.trainable_state()
+        metrics.update(self.last_val)
+        metrics.update(epoch=self.epoch, best_val_acc=self.best_acc)
+        self.history.append(metrics)
+        return metrics
+
+    # ------------------------------------------------------------------ state
+
+    def trainable_state(self) -> dict[str, Any]:
+        """Everything meta-transfer learns (the frozen conv weights are the backbone's)."""
+        return {"model": {k: v.cpu() for k, v in meta_state(self.model).items()},
+                "head": {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()}}
+
+    def load_trainable_state(self, state: dict[str, Any]) -> None:
+        load_meta_state(self.model, state["model"])
+        self.head.load_state_dict(state["head"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "config": self.cfg.to_dict(),
+            "backbone": self.backbone_state,
+            "current": self.trainable_state(),
+            "best_state": self.best_state,
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "gen": self.gen.get_state(),
+            "rng": rng_state(self.env),
+            "hard_tasks": self.ht.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "hard_updates": self.hard_updates,
+            "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "last_val": dict(self.last_val),
+            "history": copy.deepcopy(self.history),
+        }
+
+    def load_state_dict(self, ck: dict[str, Any]) -> None:
+        self.load_trainable_state(ck["current"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        self.gen.set_state(ck["gen"])
+        set_rng_state(self.env, ck["rng"])
+        self.ht.load_state_dict(ck["hard_tasks"])
+        self.epoch, self.step, self.hard_updates = ck["epoch"], ck["step"], ck["hard_updates"]
+        self.best_acc, self.best_epoch, self.best_state = ck["best_acc"], ck["best_epoch"], ck["best_state"]
+        self.last_val = dict(ck["last_val"])
+        self.history = list(ck["history"])

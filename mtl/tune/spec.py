@@ -1,0 +1,280 @@
+"""Sweep specs: a base experiment config, a search space over its dotted keys, and how to search.
+
+A spec is YAML::
+
+    name: mini1shot               # sweep name (Ray run folder, MLflow experiment); default: file name
+    base: mini_1shot              # a packaged config name or a YAML path (relative to the spec)
+    config: {data: {root: /data/miniImageNet}}   # overrides of the base config
+    space:                        # dotted config keys -> one distribution each
+      meta.inner_lr: {loguniform: [1.0e-3, 1.0e-1]}
+      meta.inner_steps: {int: [5, 40]}
+      hard_tasks.ratio: {uniform: [0.0, 0.5]}
+    tune: {num_samples: 32, max_concurrent: 8, grace_period: 5}
+    resources: {cpu: 4, gpu: 0.25}
+    storage: ray_results
+    mlflow: {tracking_uri: null}
+
+Everything is checked before Ray starts: unknown keys, distributions and their arguments,
+and every bound or choice of the space applied to the base config (so a value the config
+would reject fails here, naming the space key).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+from mtl.config import Config, find_config, load_config
+from mtl.errors import ConfigError
+from mtl.typed import as_mapping, flatten, from_flat, read_yaml, to_dict
+
+METRICS = ("val_acc", "best_val_acc", "train_loss", "train_acc")
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    metric: str = "val_acc"  # reported every meta-training epoch
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = 16
+    max_concurrent: int | None = None  # None: as many as the resources allow
+    searcher: Literal["optuna", "random"] = "optuna"
+    seed: int = 0  # sampler seed
+    n_startup_trials: int = 5  # random trials before TPE models the space
+    scheduler: Literal["asha", "none"] = "asha"
+    time_attr: Literal["epoch", "updates", "training_iteration"] = "epoch"
+    grace_period: int = 1
+    reduction_factor: int = 3
+    max_t: int | None = None  # None: meta.epochs (or its updates)
+    max_failures: int = 2  # retries of a failed trial, from its last checkpoint
+    checkpoints_to_keep: int = 2
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: float = 1.0
+    gpu: float = 0.0  # fraction of one GPU per trial: 0.25 packs four trials on a GPU
+
+
+@dataclass(frozen=True)
+class Mlflow:
+    enabled: bool = True
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    experiment: str | None = None  # None: the sweep name
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    name: str | None = None
+    base: str | None = None
+    storage: str = "ray_results"
+    tune: TuneSettings = field(default_factory=TuneSettings)
+    resources: Resources = field(default_factory=Resources)
+    mlflow: Mlflow = field(default_factory=Mlflow)
+
+
+@dataclass(frozen=True)
+class Dist:
+    kind: str
+    args: tuple[Any, ...]
+
+    def bounds(self) -> list[Any]:
+        """Values that must be valid config values: the ends of a range, every choice."""
+        return list(self.args) if self.kind == "choice" else list(self.args[:2])
+
+    def to_ray(self) -> Any:
+        from ray import tune
+
+        a = self.args
+        return {
+            "uniform": lambda: tune.uniform(a[0], a[1]),
+            "loguniform": lambda: tune.loguniform(a[0], a[1]),
+            "quniform": lambda: tune.quniform(a[0], a[1], a[2]),
+            "qloguniform": lambda: tune.qloguniform(a[0], a[1], a[2]),
+            "int": lambda: tune.randint(a[0], a[1] + 1),  # inclusive upper bound in the spec
+            "logint": lambda: tune.lograndint(a[0], a[1] + 1),
+            "choice": lambda: tune.choice(list(a)),
+        }[self.kind]()
+
+
+DIST_ARITY = {"uniform": 2, "loguniform": 2, "quniform": 3, "qloguniform": 3, "int": 2, "logint": 2}
+DISTS = (*DIST_ARITY, "choice")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    base: Config
+    space: dict[str, Dist]
+    settings: SweepSettings
+    source: str
+
+    @property
+    def tune(self) -> TuneSettings:
+        return self.settings.tune
+
+    @property
+    def resources(self) -> Resources:
+        return self.settings.resources
+
+    @property
+    def storage(self) -> Path:
+        return Path(self.settings.storage).expanduser().resolve()
+
+    @property
+    def experiment_dir(self) -> Path:
+        return self.storage / self.name
+
+    @property
+    def max_t(self) -> int:
+        t = self.tune
+        if t.max_t is not None:
+            return t.max_t
+        return self.base.meta.epochs if t.time_attr != "updates" else self.base.meta.epochs * self.base.meta.batches_per_epoch
+
+    def param_space(self) -> dict[str, Any]:
+        return {k: d.to_ray() for k, d in self.space.items()}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source, "base_config": self.base.to_dict(),
+                "space": {k: {d.kind: list(d.args)} for k, d in self.space.items()},
+                "settings": to_dict(self.settings), "storage": str(self.storage)}
+
+
+SPEC_KEYS = ("name", "base", "config", "space", "storage", "tune", "resources", "mlflow")
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> SweepSpec:
+    """Read and fully validate a sweep spec; ``overrides`` are ``key=value`` strings whose key is
+    either a spec setting (``tune.num_samples=8``, ``storage=/x``) or a base-config field
+    (``meta.epochs=5``). Raises ConfigError naming the key and the fix; creates nothing."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep spec {path} not found; give the path of a YAML file such as search_spaces/smoke.yaml")
+    doc = read_yaml(path)
+    for k in doc:
+        if k not in SPEC_KEYS:
+            raise ConfigError(f"unknown sweep spec key {k!r} in {path}; valid keys: {', '.join(SPEC_KEYS)}")
+    spec_over, cfg_over = {}, {}
+    for k, v in as_mapping(overrides).items():
+        (spec_over if k.split(".")[0] in SPEC_KEYS else cfg_over)[k] = v
+    if any(k.split(".")[0] in ("config", "space") for k in spec_over):
+        raise ConfigError("override base-config fields directly (e.g. meta.epochs=5) and edit 'space' in the YAML")
+
+    settings_tree = {k: doc[k] for k in ("name", "base", "storage", "tune", "resources", "mlflow") if k in doc}
+    flat = flatten(settings_tree, SweepSettings)
+    flat.update(spec_over)
+    settings: SweepSettings = from_flat(SweepSettings, flat, what="sweep spec")
+    name = settings.name or path.stem
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConfigError(f"sweep name {name!r} may hold only letters, digits, '.', '_' and '-'")
+
+    base = _load_base(path, settings.base, doc.get("config") or {}, cfg_over)
+    space = _parse_space(doc.get("space"), base, path)
+    _check_settings(settings, base)
+    if "://" in settings.storage and not settings.storage.startswith("file://"):
+        raise ConfigError(
+            f"storage {settings.storage!r}: use a filesystem path that every node sees (local disk, NFS); "
+            "the shared pretraining cache needs file locks, which object stores lack")
+    settings = _replace_storage(settings)
+    spec = SweepSpec(name=name, base=base, space=space, settings=settings, source=str(path))
+    if spec.tune.scheduler == "asha" and spec.tune.grace_period > spec.max_t:
+        raise ConfigError(f"tune.grace_period = {spec.tune.grace_period} exceeds max_t = {spec.max_t}; "
+                          "lower the grace period or raise meta.epochs / tune.max_t")
+    return spec
+
+
+def _replace_storage(s: SweepSettings) -> SweepSettings:
+    from dataclasses import replace
+
+    return replace(s, storage=s.storage.removeprefix("file://"))
+
+
+def _load_base(path: Path, base: str | None, inline: Any, cfg_over: dict[str, Any]) -> Config:
+    if not isinstance(inline, Mapping):
+        raise ConfigError(f"'config' in {path} must be a mapping of config sections")
+    tree: dict[str, Any] = dict(inline)
+    if base is not None:
+        local = path.parent / base
+        tree["base"] = str(local) if local.is_file() else str(find_config(base))
+    return load_config(tree, cfg_over)
+
+
+def _parse_space(raw: Any, base: Config, path: Path) -> dict[str, Dist]:
+    if not raw:
+        raise ConfigError(f"'space' in {path} is empty; add at least one config key to search, "
+                          "e.g. meta.inner_lr: {loguniform: [0.001, 0.1]}")
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"'space' in {path} must map config keys to distributions")
+    space = {}
+    for key, d in raw.items():
+        key = str(key)
+        from mtl.config import check_key
+
+        try:
+            check_key(key)
+        except ConfigError as e:
+            raise ConfigError(f"space key {key!r} is not a config field: {e}") from None
+        dist = _parse_dist(key, d)
+        for v in dist.bounds():
+            try:
+                base.with_overrides({key: v})
+            except ConfigError as e:
+                raise ConfigError(f"space {key}: value {v!r} of its {dist.kind} distribution is invalid ({e})") from None
+        space[key] = dist
+    return space
+
+
+def _parse_dist(key: str, d: Any) -> Dist:
+    usage = (f"space {key}: write one distribution as {{kind: [args]}}, kind one of {', '.join(DISTS)}, "
+             "e.g. {loguniform: [0.001, 0.1]}")
+    if not isinstance(d, Mapping) or len(d) != 1:
+        raise ConfigError(usage)
+    kind, args = next(iter(d.items()))
+    if kind not in DISTS:
+        raise ConfigError(f"space {key}: unknown distribution {kind!r}; use one of {', '.join(DISTS)}")
+    if not isinstance(args, list) or not args:
+        raise ConfigError(f"space {key}: {kind} needs a non-empty list of arguments")
+    if kind == "choice":
+        return Dist(kind, tuple(args))
+    n = DIST_ARITY[kind]
+    if len(args) != n:
+        what = "[low, high, step]" if n == 3 else "[low, high]"
+        raise ConfigError(f"space {key}: {kind} takes {what}, got {args}")
+    if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+        raise ConfigError(f"space {key}: {kind} arguments must be numbers, got {args}")
+    lo, hi = args[0], args[1]
+    if kind in ("int", "logint") and not all(isinstance(a, int) for a in args):
+        raise ConfigError(f"space {key}: int bounds must be integers, got {args}")
+    if not lo < hi:
+        raise ConfigError(f"space {key}: {kind} needs low < high, got {args}")
+    if kind.startswith(("log", "qlog")) and lo <= 0:
+        raise ConfigError(f"space {key}: {kind} needs a positive low bound, got {lo}")
+    if n == 3 and not args[2] > 0:
+        raise ConfigError(f"space {key}: {kind} step must be positive, got {args[2]}")
+    return Dist(kind, tuple(args))
+
+
+def _check_settings(s: SweepSettings, base: Config) -> None:
+    t, r = s.tune, s.resources
+    checks = [
+        (t.num_samples >= 1, "tune.num_samples", t.num_samples, "must be at least 1 (the number of trials)"),
+        (t.max_concurrent is None or t.max_concurrent >= 1, "tune.max_concurrent", t.max_concurrent, "must be at least 1"),
+        (t.metric in METRICS, "tune.metric", t.metric, f"must be one of {', '.join(METRICS)}"),
+        (t.grace_period >= 1, "tune.grace_period", t.grace_period, "must be at least 1"),
+        (t.reduction_factor >= 2, "tune.reduction_factor", t.reduction_factor, "must be at least 2"),
+        (t.max_t is None or t.max_t >= 1, "tune.max_t", t.max_t, "must be at least 1"),
+        (t.max_failures >= -1, "tune.max_failures", t.max_failures, "must be >= 0 (or -1: retry forever)"),
+        (t.checkpoints_to_keep >= 1, "tune.checkpoints_to_keep", t.checkpoints_to_keep, "must be at least 1"),
+        (t.n_startup_trials >= 1, "tune.n_startup_trials", t.n_startup_trials, "must be at least 1"),
+        (r.cpu > 0, "resources.cpu", r.cpu, "must be positive"),
+        (r.gpu == 0 or 0 < r.gpu <= 1, "resources.gpu", r.gpu,
+         "must be a fraction of one GPU in (0, 1] (e.g. 0.25 packs four trials per GPU), or 0 for CPU trials"),
+    ]
+    for ok, key, value, msg in checks:
+        if not ok:
+            raise ConfigError(f"{key} = {value!r} {msg}")
+    if t.metric == "train_loss" and t.mode != "min" or t.metric != "train_loss" and t.mode != "max":
+        raise ConfigError(f"tune.mode = {t.mode!r} does not fit tune.metric = {t.metric!r}; "
+                          f"use mode {'min' if t.metric == 'train_loss' else 'max'}")

@@ -1,0 +1,56 @@
+"""Episode sampling and the fixed validation bank."""
+
+import torch
+
+from mtl.episodes import episode_bank, sample_episodes
+
+# 7 classes of unequal size, grouped: class c occupies offsets[c]:offsets[c+1]
+COUNTS = torch.tensor([20, 25, 30, 21, 40, 22, 23])
+OFFSETS = torch.cat([torch.zeros(1, dtype=torch.int64), COUNTS.cumsum(0)])
+
+
+def _class_of(rows):
+    return torch.bucketize(rows, OFFSETS[1:], right=True)
+
+
+def test_shapes_disjointness_and_labels():
+    g = torch.Generator().manual_seed(0)
+    eps = sample_episodes(OFFSETS, way=5, shot=3, query=15, batch=50, generator=g)
+    assert eps.support.shape == (50, 15) and eps.query.shape == (50, 75) and eps.classes.shape == (50, 5)
+    for t in range(50):
+        cls = eps.classes[t]
+        assert len(set(cls.tolist())) == 5
+        rows = torch.cat([eps.support[t], eps.query[t]])
+        assert len(set(rows.tolist())) == rows.numel()  # support and query disjoint, no repeats
+        # row i of the support belongs to class cls[label i]
+        assert torch.equal(_class_of(eps.support[t]), cls[eps.labels(3)[t]])
+        assert torch.equal(_class_of(eps.query[t]), cls[eps.labels(15)[t]])
+
+
+def test_seeded_and_deterministic():
+    a = sample_episodes(OFFSETS, 5, 1, 15, 8, torch.Generator().manual_seed(3))
+    b = sample_episodes(OFFSETS, 5, 1, 15, 8, torch.Generator().manual_seed(3))
+    c = sample_episodes(OFFSETS, 5, 1, 15, 8, torch.Generator().manual_seed(4))
+    assert torch.equal(a.support, b.support) and torch.equal(a.query, b.query)
+    assert not torch.equal(a.support, c.support)
+
+
+def test_given_classes_are_used_in_order():
+    cls = torch.tensor([[6, 0, 2, 4, 1]])
+    eps = sample_episodes(OFFSETS, 5, 2, 3, 1, torch.Generator().manual_seed(0), classes=cls)
+    assert torch.equal(eps.classes, cls)
+    assert torch.equal(_class_of(eps.support[0]), cls[0].repeat_interleave(2))
+
+
+def test_every_image_can_be_drawn():
+    eps = sample_episodes(OFFSETS, 7, 1, 19, 400, torch.Generator().manual_seed(0))
+    seen = set(torch.cat([eps.support.flatten(), eps.query.flatten()]).tolist())
+    assert seen == set(range(int(OFFSETS[-1])))
+
+
+def test_validation_bank_is_fixed_by_its_seed():
+    a = episode_bank(OFFSETS, 5, 1, 15, 100, seed=0)
+    b = episode_bank(OFFSETS, 5, 1, 15, 100, seed=0)
+    assert torch.equal(a.support, b.support) and torch.equal(a.query, b.query) and torch.equal(a.classes, b.classes)
+    assert not torch.equal(episode_bank(OFFSETS, 5, 1, 15, 100, seed=1).support, a.support)
+    assert torch.equal(a[10:20].support, a.support[10:20])
