@@ -69,14 +69,14 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from mtl.checkpoint import load_checkpoint
     from mtl.config import config_from_dict
-    from mtl.experiment import load_data, test_meta_checkpoint
+    from mtl.experiment import load_data, evaluate_meta_checkpoint
     from mtl.runtime import make_env
 
     ck = load_checkpoint(args.checkpoint, "meta")
     cfg = config_from_dict(ck["config"]).with_overrides(args.overrides)
     env = make_env(cfg.runtime)
     split = load_data(cfg, env, (args.split,))[args.split]
-    res = test_meta_checkpoint(ck, env, split, cfg)
+    res = evaluate_meta_checkpoint(ck, env, split, cfg)
     print(f"{args.split} accuracy {100 * res['acc']:.2f}% ± {100 * res['ci95']:.2f} "
           f"(95% CI over {len(res['accs'])} episodes)")
     if args.out:

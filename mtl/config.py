@@ -147,7 +147,7 @@ class Runtime:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"  # autocast for the backbone
-    channels_last: bool = False
+    channels_last: bool = True  # faster for these convnets on GPUs and on CPUs (2x training on a 2-core CPU)
     threads: int | None = None  # torch CPU threads; None leaves torch's default
     data_on_device: bool = True  # keep the uint8 image cache on the device
     progress: bool = True  # progress bars (only when stderr is a terminal)
@@ -330,8 +330,6 @@ def validate(cfg: Config) -> None:
     need(0 <= ht.ratio < 1, "hard_tasks.ratio", "must be in [0, 1): the share of hard updates (0 turns them off)")
     need(ht.min_pool >= 0, "hard_tasks.min_pool", "must be >= 0")
     if ht.ratio > 0:
-        need(hard_batches_per_window(ht) >= 1, "hard_tasks.ratio",
-             f"gives no hard batch per window of {ht.window}; raise the ratio or hard_tasks.window")
         need(ht.top_m < cfg.meta.way, "hard_tasks.top_m", f"must be smaller than meta.way ({cfg.meta.way})")
     if cfg.runtime.threads is not None:
         need(cfg.runtime.threads >= 1, "runtime.threads", "must be at least 1")
@@ -342,11 +340,10 @@ def validate(cfg: Config) -> None:
         )
 
 
-def hard_batches_per_window(ht: HardTasks) -> int:
-    """Hard meta-batches scheduled after each window so that hard/(hard+normal) ~= ratio."""
-    if ht.ratio <= 0:
-        return 0
-    return int(round(ht.window * ht.ratio / (1 - ht.ratio)))
+def hard_batches_per_window(ht: HardTasks) -> float:
+    """Hard meta-batches owed after each window so that hard / (hard + normal) = ratio
+    (fractional values are carried over windows; 1/3 with a window of 10 gives the authors' 5)."""
+    return ht.window * ht.ratio / (1 - ht.ratio) if ht.ratio > 0 else 0.0
 
 
 def eval_query(cfg: Config) -> int:

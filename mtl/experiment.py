@@ -100,7 +100,7 @@ def meta_train(cfg: Config, env: Env, data: dict[str, Any], backbone: dict[str, 
     return trainer
 
 
-def test_meta_checkpoint(ck: dict[str, Any], env: Env, split, cfg: Config | None = None) -> dict[str, Any]:
+def evaluate_meta_checkpoint(ck: dict[str, Any], env: Env, split, cfg: Config | None = None) -> dict[str, Any]:
     """Evaluate the best state of a ``meta`` checkpoint on ``split`` (600 episodes by default)."""
     cfg = cfg or config_from_dict(ck["config"])
     model = build_meta_model(cfg, env, ck["backbone"])
@@ -200,7 +200,7 @@ def run_experiment(cfg: Config, out: str | Path, *, resume: bool = False,
     meta = meta_train(cfg, env, data, backbone, run.meta_state, on_epoch)
     del data
     test_split = load_data(cfg, env, ("test",))["test"]
-    t = test_meta_checkpoint(meta.state_dict(), env, test_split, cfg)
+    t = evaluate_meta_checkpoint(meta.state_dict(), env, test_split, cfg)
     result = {
         "test_acc": t["acc"],
         "test_ci95": t["ci95"],

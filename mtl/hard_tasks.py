@@ -2,8 +2,12 @@
 
 After every normal meta-batch the trainer hands over each task's per-class query accuracy.
 Each task's failure class(es) go into a pool; after ``window`` normal meta-batches, if the
-pool holds enough distinct classes, ``hard_batches`` hard meta-batches are run, each task
-made of ``way`` distinct pool classes with fresh images. Then the window starts over.
+pool holds enough distinct classes, hard meta-batches are run, each task made of ``way``
+distinct pool classes with fresh images. Then the window starts over.
+
+``hard_per_window`` may be fractional: the scheduler carries the remainder from window to
+window, so any ratio of hard to normal updates is met in the long run (0.5 per window = one
+hard meta-batch after every second window).
 
 This object only decides *which classes*; it trains nothing. Unlike the preliminary public
 code it clears exactly the window it pooled (its pool went stale), never repeats a class
@@ -19,17 +23,18 @@ import torch
 
 
 class HardTaskScheduler:
-    def __init__(self, way: int, window: int, hard_batches: int, top_m: int = 1, min_pool: int = 0) -> None:
+    def __init__(self, way: int, window: int, hard_per_window: float, top_m: int = 1, min_pool: int = 0) -> None:
         if top_m >= way:
             raise ValueError("top_m must be smaller than way")
-        self.way, self.window, self.hard_batches, self.top_m = way, window, hard_batches, top_m
+        self.way, self.window, self.hard_per_window, self.top_m = way, window, hard_per_window, top_m
         self.min_pool = max(way, min_pool)
         self.pool: set[int] = set()
         self.count = 0  # normal meta-batches in the current window
+        self.credit = 0.0  # hard meta-batches owed, carried between windows
 
     @property
     def enabled(self) -> bool:
-        return self.hard_batches > 0
+        return self.hard_per_window > 0
 
     @staticmethod
     def failure_classes(
@@ -55,9 +60,12 @@ class HardTaskScheduler:
             worst = self.failure_classes(classes, class_acc, class_loss, self.top_m, generator)
             self.pool.update(int(c) for c in worst.flatten())
 
-    def end_normal_batch(self) -> list[int] | None:
-        """Count a normal meta-batch; when the window closes, return the pool to draw the hard
-        batches from (None when none are due) and start a new window."""
+    def end_normal_batch(self) -> tuple[list[int], int] | None:
+        """Count a normal meta-batch; when the window closes, return the pool to draw from and
+        how many hard meta-batches to run now (None when none are due), and start a new window.
+
+        A window whose pool is too small runs no hard batches, and its share is not carried over.
+        """
         if not self.enabled:
             return None
         self.count += 1
@@ -66,7 +74,10 @@ class HardTaskScheduler:
         pool = sorted(self.pool)
         self.pool.clear()
         self.count = 0
-        return pool if len(pool) >= self.min_pool else None
+        self.credit += self.hard_per_window
+        n = int(self.credit + 1e-9)
+        self.credit -= n
+        return (pool, n) if n > 0 and len(pool) >= self.min_pool else None
 
     def hard_classes(self, pool: list[int], batch: int, generator: torch.Generator) -> torch.Tensor:
         """``[batch, way]`` class ids: each row ``way`` distinct classes drawn uniformly from the pool."""
@@ -74,8 +85,9 @@ class HardTaskScheduler:
         return torch.tensor(pool, dtype=torch.int64)[picks]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pool": sorted(self.pool), "count": self.count}
+        return {"pool": sorted(self.pool), "count": self.count, "credit": self.credit}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pool = set(int(c) for c in state["pool"])
         self.count = int(state["count"])
+        self.credit = float(state["credit"])

@@ -46,7 +46,6 @@ def test_every_key_can_be_overridden():
     (["meta.first_order=1"], r"meta.first_order must be a bool"),
     (["model.bn_mode=train"], r"model.bn_mode must be one of 'frozen', 'train_affine', 'batch_stats'"),
     (["hard_tasks.ratio=1.0"], r"hard_tasks.ratio .* \[0, 1\)"),
-    (["hard_tasks.ratio=0.01"], r"no hard batch per window"),
     (["meta=3"], r"'meta' is a config section"),
     (["nonsense=3"], r"unknown config key 'nonsense'"),
     (["data.dataset=mini"], r"data.root is not set .*--set data.root="),

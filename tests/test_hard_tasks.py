@@ -1,5 +1,6 @@
 """Hard-task pools and hard tasks for hand-made accuracy tables (mtl-algorithm.md §4.3)."""
 
+import pytest
 import torch
 
 from mtl.config import HardTasks, hard_batches_per_window
@@ -26,12 +27,12 @@ def test_failure_class_is_the_lowest_accuracy_with_loss_then_random_ties():
 
 
 def test_pool_window_and_clearing():
-    s = HardTaskScheduler(way=3, window=2, hard_batches=4)
+    s = HardTaskScheduler(way=3, window=2, hard_per_window=4)
     cls = torch.tensor([[0, 1, 2], [3, 4, 5]])
     s.record(cls, torch.tensor([[0.1, 0.9, 0.9], [0.9, 0.2, 0.9]]), torch.zeros(2, 3), G)
     assert s.end_normal_batch() is None and s.pool == {0, 4}
     s.record(cls + 10, torch.tensor([[0.9, 0.9, 0.0], [0.9, 0.9, 0.3]]), torch.zeros(2, 3), G)
-    assert s.end_normal_batch() == [0, 4, 12, 15]
+    assert s.end_normal_batch() == ([0, 4, 12, 15], 4)
     assert s.pool == set() and s.count == 0  # the window is cleared, not a stale copy
     # the next window pools only its own failures; too few -> no hard batches
     s.record(cls, torch.tensor([[0.1, 0.9, 0.9], [0.9, 0.9, 0.0]]), torch.zeros(2, 3), G)
@@ -41,7 +42,7 @@ def test_pool_window_and_clearing():
 
 
 def test_hard_tasks_use_distinct_pool_classes():
-    s = HardTaskScheduler(way=5, window=1, hard_batches=1)
+    s = HardTaskScheduler(way=5, window=1, hard_per_window=1)
     pool = [3, 8, 13, 21, 34, 55, 89]
     rows = s.hard_classes(pool, 200, torch.Generator().manual_seed(0))
     assert rows.shape == (200, 5)
@@ -51,24 +52,39 @@ def test_hard_tasks_use_distinct_pool_classes():
 
 
 def test_min_pool_and_disabled():
-    s = HardTaskScheduler(way=2, window=1, hard_batches=1, min_pool=3)
+    s = HardTaskScheduler(way=2, window=1, hard_per_window=1, min_pool=3)
     s.record(torch.tensor([[0, 1], [2, 3]]), torch.tensor([[0.0, 1.0], [0.0, 1.0]]), torch.zeros(2, 2), G)
     assert s.end_normal_batch() is None  # pool {0, 2} below min_pool 3
-    off = HardTaskScheduler(way=2, window=1, hard_batches=0)
+    off = HardTaskScheduler(way=2, window=1, hard_per_window=0)
     off.record(torch.tensor([[0, 1]]), torch.tensor([[0.0, 1.0]]), torch.zeros(1, 2), G)
     assert off.pool == set() and off.end_normal_batch() is None
 
 
 def test_state_round_trip():
-    s = HardTaskScheduler(way=3, window=5, hard_batches=2)
+    s = HardTaskScheduler(way=3, window=5, hard_per_window=2)
     s.record(torch.tensor([[0, 1, 2]]), torch.tensor([[0.0, 1.0, 1.0]]), torch.zeros(1, 3), G)
     s.end_normal_batch()
-    t = HardTaskScheduler(way=3, window=5, hard_batches=2)
+    t = HardTaskScheduler(way=3, window=5, hard_per_window=2)
     t.load_state_dict(s.state_dict())
     assert t.pool == {0} and t.count == 1
 
 
 def test_ratio_sets_hard_batches_like_the_authors_default():
-    assert hard_batches_per_window(HardTasks(ratio=1 / 3, window=10)) == 5  # (hard, normal) = (5, 10)
+    assert hard_batches_per_window(HardTasks(ratio=1 / 3, window=10)) == pytest.approx(5)  # (hard, normal) = (5, 10)
     assert hard_batches_per_window(HardTasks(ratio=0.0)) == 0
-    assert hard_batches_per_window(HardTasks(ratio=0.5, window=4)) == 4
+    assert hard_batches_per_window(HardTasks(ratio=0.5, window=4)) == pytest.approx(4)
+
+
+@pytest.mark.parametrize("ratio", [0.03, 0.2, 1 / 3, 0.6])
+def test_fractional_hard_batches_meet_the_ratio_in_the_long_run(ratio):
+    way, window = 3, 4
+    s = HardTaskScheduler(way, window, hard_batches_per_window(HardTasks(ratio=ratio, window=window)))
+    normal = hard = 0
+    for _ in range(4000):
+        s.record(torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 8]]), torch.tensor([[0.0, 1, 1]] * 3),
+                 torch.zeros(3, 3), G)
+        normal += 1
+        due = s.end_normal_batch()
+        if due is not None:
+            hard += due[1]
+    assert hard / (hard + normal) == pytest.approx(ratio, abs=0.002)

@@ -19,6 +19,9 @@ from mtl.models.head import adapt_head, ci95, logits, query_stats
 from mtl.runtime import Env
 
 
+CPU_CHUNK = 256  # images per no-grad forward on a CPU
+
+
 class ImageSource(Protocol):
     images: torch.Tensor  # uint8 [N, 3, S, S]
 
@@ -37,6 +40,9 @@ class Embedder:
         return self.normalize(imgs.to(self.env.device, non_blocking=True))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.env.cuda or self.transductive or torch.is_grad_enabled()) and x.shape[0] > CPU_CHUNK:
+            # CPU convolutions slow down several-fold once a batch outgrows the caches
+            return torch.cat([self.features(c) for c in x.split(CPU_CHUNK)])
         with self.env.autocast():
             return self.model(x).float()
 

@@ -110,9 +110,10 @@ class MetaTrainer:
             losses.append(stats["loss"].detach().mean())
             accs.append(stats["acc"].mean())
             self.ht.record(eps.classes, stats["class_acc"], stats["class_loss"], self.gen)
-            pool = self.ht.end_normal_batch()
-            if pool is not None:
-                for _ in range(self.ht.hard_batches):
+            due = self.ht.end_normal_batch()
+            if due is not None:
+                pool, n_hard = due
+                for _ in range(n_hard):
                     self.outer_step(self.sample(self.ht.hard_classes(pool, m.meta_batch, self.gen)))
                     hard += 1
         loss = torch.stack(losses).mean().item()
@@ -160,11 +161,13 @@ class MetaTrainer:
         load_meta_state(self.model, state["model"])
         self.head.load_state_dict(state["head"])
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, include_backbone: bool = True) -> dict[str, Any]:
+        """Everything needed to resume; without the backbone the caller must keep its own copy
+        of the pre-trained weights (the Ray trainable points at the pretraining cache instead)."""
         return {
             "kind": self.kind,
             "config": self.cfg.to_dict(),
-            "backbone": self.backbone_state,
+            "backbone": self.backbone_state if include_backbone else None,
             "current": self.trainable_state(),
             "best_state": self.best_state,
             "optimizer": self.opt.state_dict(),

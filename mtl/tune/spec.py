@@ -198,7 +198,11 @@ def _load_base(path: Path, base: str | None, inline: Any, cfg_over: dict[str, An
     if base is not None:
         local = path.parent / base
         tree["base"] = str(local) if local.is_file() else str(find_config(base))
-    return load_config(tree, cfg_over)
+    cfg = load_config(tree, cfg_over)
+    # trials run in their own working folders: make the config's paths absolute here
+    paths = {k: str(Path(v).expanduser().resolve()) for k in ("data.root", "data.cache_dir", "pretrain.checkpoint")
+             if (v := cfg.get(k)) and "://" not in v}
+    return cfg.with_overrides(paths) if paths else cfg
 
 
 def _parse_space(raw: Any, base: Config, path: Path) -> dict[str, Dist]:

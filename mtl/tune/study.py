@@ -1,0 +1,355 @@
+"""The sweep driver: preflight checks, Ray, the Tuner, the winner's test, the summary.
+
+``run_sweep(spec)`` is what ``launch/tune.py`` calls. Order matters: everything that can be
+wrong with the user's input (spec, data, tracking URI, Ray address, an existing sweep) is
+checked before Ray starts or anything is written, so bad input leaves no job, run or file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mtl.config import check_against_data, save_config
+from mtl.data import split_stats
+from mtl.errors import ConfigError
+from mtl.tune.pretrain_cache import affects_pretraining
+from mtl.tune.spec import SweepSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What preflight resolved: where things go and what each trial gets."""
+
+    spec: SweepSpec
+    cache_root: Path
+    tracking_uri: str | None
+    experiment: str
+    resume: bool
+
+
+def preflight(spec: SweepSpec, *, resume: bool = False) -> Launch:
+    """All checks that need neither Ray nor any write."""
+    stats = split_stats(spec.base.data)  # missing dataset root -> DataError with the expected layout
+    check_against_data(spec.base, stats)
+    for key, dist in spec.space.items():
+        for v in dist.bounds():
+            try:
+                check_against_data(spec.base.with_overrides({key: v}), stats)
+            except ConfigError as e:
+                raise ConfigError(f"space {key}: value {v!r} does not fit the data ({e})") from None
+    exp = spec.experiment_dir
+    if resume and not (exp / "tuner.pkl").exists():
+        raise ConfigError(f"nothing to resume: no sweep {spec.name!r} under {spec.storage}; drop --resume to start it")
+    if not resume and exp.exists():
+        raise ConfigError(f"sweep {spec.name!r} already exists under {spec.storage}; pass --resume to continue it, "
+                          f"or --set name=<new name> to start another")
+    uri = None
+    if spec.settings.mlflow.enabled:
+        from mtl.tracking.mlflow import check_tracking_uri, resolve_tracking_uri
+
+        uri = resolve_tracking_uri(spec.settings.mlflow.tracking_uri)
+        check_tracking_uri(uri)
+    return Launch(spec, exp / "pretrain_cache", uri, spec.settings.mlflow.experiment or spec.name, resume)
+
+
+def describe(spec: SweepSpec) -> str:
+    """The dry-run text: resolved base config, search space, resources and search settings."""
+    import yaml
+
+    t, r = spec.tune, spec.resources
+    shared = not any(affects_pretraining(k) for k in spec.space)
+    lines = [
+        f"sweep {spec.name} ({spec.source})",
+        "base config (resolved):",
+        yaml.safe_dump(spec.base.to_dict(), sort_keys=False).rstrip().replace("\n", "\n  ").join(["  ", ""]),
+        "search space:",
+        *(f"  {k}: {d.kind}{list(d.args)}" for k, d in spec.space.items()),
+        f"resources per trial: {r.cpu:g} CPU, {r.gpu:g} GPU"
+        + (" (falls back to CPU when the cluster has no GPU)" if r.gpu else ""),
+        f"search: {t.searcher} (seed {t.seed}), {t.num_samples} trials, max concurrent {t.max_concurrent or 'auto'}",
+        f"scheduler: {t.scheduler}" + (f" on {t.time_attr}, grace {t.grace_period}, reduction {t.reduction_factor}, "
+                                       f"max_t {spec.max_t}" if t.scheduler == "asha" else ""),
+        f"metric: {t.metric} ({t.mode}); retries per trial: {t.max_failures}",
+        f"pretraining: {'one shared entry for all trials' if shared else 'one entry per distinct pretraining setup'}",
+        f"storage: {spec.experiment_dir}",
+        f"mlflow: {'on' if spec.settings.mlflow.enabled else 'off'}"
+        + (f" ({spec.settings.mlflow.tracking_uri or 'default store'})" if spec.settings.mlflow.enabled else ""),
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Join the cluster at ``address`` (checked for reachability first) or start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "MTL_CACHE_DIR") if k in os.environ}}
+    if address is None:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=env, configure_logging=False,
+                 include_dashboard=False, log_to_driver=True)
+        return
+    if address not in ("auto",) and not address.startswith("ray://"):
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+                pass
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"Ray cluster at {address} is unreachable ({e.__class__.__name__}: {e}); "
+                              "start it with `ray start --head` or drop --address to run locally") from None
+    try:
+        ray.init(address=address, runtime_env=env, configure_logging=False, log_to_driver=True)
+    except (ConnectionError, RuntimeError) as e:
+        raise ConfigError(f"cannot join the Ray cluster at {address} ({str(e).splitlines()[0][:200]}); "
+                          "check the address (host:port of the head's GCS, default port 6379)") from None
+
+
+def trial_resources(spec: SweepSpec) -> dict[str, float]:
+    """The spec's per-trial resources; a GPU request on a cluster without GPUs falls back to CPU
+    (Ray would otherwise leave the trials pending forever)."""
+    import ray
+
+    res = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    if res["gpu"] > 0 and ray.cluster_resources().get("GPU", 0) <= 0:
+        log.warning("resources.gpu = %g but the Ray cluster has no GPU: running trials on CPU", res["gpu"])
+        res["gpu"] = 0.0
+    return res
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def build_tuner(launch: Launch, resources: dict[str, float], callbacks: list[Any]):
+    from optuna.samplers import RandomSampler, TPESampler
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from mtl.tune.trainable import train_mtl
+
+    spec, t = launch.spec, launch.spec.tune
+    trainable = tune.with_resources(
+        tune.with_parameters(train_mtl, base=spec.base.to_dict(), cache_root=str(launch.cache_root)), resources)
+    if launch.resume:
+        return tune.Tuner.restore(str(spec.experiment_dir), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    sampler = (TPESampler(seed=t.seed, n_startup_trials=t.n_startup_trials) if t.searcher == "optuna"
+               else RandomSampler(seed=t.seed))
+    scheduler = (ASHAScheduler(time_attr=t.time_attr, max_t=spec.max_t, grace_period=t.grace_period,
+                               reduction_factor=t.reduction_factor) if t.scheduler == "asha" else FIFOScheduler())
+    return tune.Tuner(
+        trainable,
+        param_space=spec.param_space(),
+        tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, search_alg=OptunaSearch(sampler=sampler),
+                                    scheduler=scheduler, num_samples=t.num_samples,
+                                    max_concurrent_trials=t.max_concurrent, reuse_actors=True,
+                                    trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=str(spec.storage), callbacks=callbacks, verbose=1,
+            failure_config=tune.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=t.checkpoints_to_keep)),
+    )
+
+
+def _pretrain_task(base: dict[str, Any], cache_root: str) -> dict[str, Any]:
+    """Ray task: build (or find) the shared pretraining entry before any trial starts."""
+    from dataclasses import replace
+
+    from mtl.config import config_from_dict
+    from mtl.experiment import load_data
+    from mtl.runtime import make_env
+    from mtl.tune.pretrain_cache import backbone_for
+
+    logging.basicConfig(level=logging.INFO)
+    cfg = config_from_dict(base)
+    env = replace(make_env(cfg.runtime), progress=False)
+    entry = backbone_for(cfg, env, load_data(cfg, env), cache_root, who="driver")
+    return {"key": entry.key, "status": entry.status, "val_acc": entry.val_acc}
+
+
+def _remote(fn, resources: dict[str, float]):
+    import ray
+
+    return ray.remote(fn).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"], max_retries=0)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def trial_rows(result_grid: Any) -> list[dict[str, Any]]:
+    """One row per trial: its searched params, final metrics and outcome."""
+    rows = []
+    for r in result_grid:
+        m = r.metrics or {}
+        epoch, planned = m.get("epoch", 0), m.get("meta_epochs")
+        outcome = "errored" if r.error else ("stopped_early" if planned and epoch < planned else "completed")
+        hist = []
+        df = r.metrics_dataframe
+        if df is not None and "epoch" in df and "val_acc" in df:
+            hist = [{"epoch": int(e), "val_acc": float(v)} for e, v in zip(df["epoch"], df["val_acc"]) if v == v]
+        rows.append({
+            "trial_id": m.get("trial_id") or Path(r.path).name,
+            "config": dict(r.config or {}),
+            "val_acc": m.get("val_acc"), "best_val_acc": m.get("best_val_acc"), "val_ci95": m.get("val_ci95"),
+            "train_loss": m.get("train_loss"), "epoch": epoch, "outcome": outcome,
+            "stopped_early": outcome == "stopped_early",
+            "error": str(r.error).splitlines()[0][:300] if r.error else None,
+            "checkpoint": r.checkpoint.path if r.checkpoint else None,
+            "history": hist,
+        })
+    return rows
+
+
+def format_table(summary: dict[str, Any], top: int = 8) -> str:
+    b = summary["best"]
+    lines = [f"sweep {summary['name']}: {len(summary['trials'])} trials "
+             f"({sum(t['outcome'] == 'completed' for t in summary['trials'])} completed, "
+             f"{sum(t['stopped_early'] for t in summary['trials'])} stopped early by ASHA, "
+             f"{sum(t['outcome'] == 'errored' for t in summary['trials'])} errored) in {summary['wall_s']:.0f} s"]
+    if b:
+        lines += [f"best trial {b['trial_id']}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in b["config"].items()),
+                  f"  val acc  {100 * b['val_acc']:.2f}%",
+                  f"  test acc {100 * b['test_acc']:.2f}% ± {100 * b['test_ci95']:.2f} "
+                  f"(95% CI, {b['test_episodes']} episodes)"]
+    keys = list(summary["space"])
+    ranked = sorted(summary["trials"], key=lambda t: -(t["best_val_acc"] or -1))[:top]
+    head = ["trial", *keys, "best_val", "epochs", "outcome"]
+    rows = [[t["trial_id"], *(_fmt(t["config"].get(k)) for k in keys),
+             f"{100 * t['best_val_acc']:.2f}" if t["best_val_acc"] is not None else "-", str(t["epoch"]),
+             t["outcome"]] for t in ranked]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    lines.append("top trials:")
+    lines += ["  " + "  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in [head, *rows]]
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = False,
+              ray_init: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or resume) a sweep end to end; returns the summary also written to summary.json."""
+    launch = preflight(spec, resume=resume)
+    start = time.time()
+    connect(address, **(ray_init or {}))
+    resources = trial_resources(spec)
+    exp = spec.experiment_dir
+    tracker = None
+    callbacks: list[Any] = []
+    if launch.tracking_uri:
+        from mtl.tracking.mlflow import SweepTracker
+
+        tracker = SweepTracker(launch.tracking_uri, launch.experiment, spec.name, exp / "mlflow_runs.json")
+        exp.mkdir(parents=True, exist_ok=True)
+        tracker.start(_flat_params(spec), tags={"sweep": spec.name, "spec": spec.source})
+        callbacks.append(tracker.callback())
+    status = "FAILED"
+    try:
+        if not any(affects_pretraining(k) for k in spec.space):
+            import ray
+
+            info = ray.get(_remote(_pretrain_task, resources).remote(spec.base.to_dict(), str(launch.cache_root)))
+            log.info("shared pretraining entry %s (%s)", info["key"], info["status"])
+        result_grid = build_tuner(launch, resources, callbacks).fit()
+        summary = summarize(launch, result_grid, resources, time.time() - start)
+        status = "FINISHED"
+    finally:
+        if tracker is not None and status == "FAILED":
+            tracker.finish({}, status="FAILED")
+    if tracker is not None:
+        summary["mlflow"] = {"tracking_uri": launch.tracking_uri, "experiment": launch.experiment,
+                             "parent_run_id": tracker.parent_run_id}
+        _write_json(exp / "summary.json", summary)
+        tracker.finish(_summary_metrics(summary), artifacts=_artifacts(exp), figures=_figures(summary))
+    return summary
+
+
+def summarize(launch: Launch, result_grid: Any, resources: dict[str, float], wall_s: float) -> dict[str, Any]:
+    """Pick the best trial by validation accuracy, test it once, write summary.json and the winner."""
+    import ray
+
+    from mtl.tune.trainable import evaluate_trial
+
+    spec = launch.spec
+    exp = spec.experiment_dir
+    rows = trial_rows(result_grid)
+    candidates = [t for t in rows if t["checkpoint"] and t["best_val_acc"] is not None]
+    best = None
+    if candidates:
+        win = max(candidates, key=lambda t: t["best_val_acc"])
+        (exp / "best").mkdir(parents=True, exist_ok=True)
+        res = ray.get(_remote(evaluate_trial, resources).remote(
+            win["checkpoint"], str(launch.cache_root), str(exp / "best" / "meta_state.pt")))
+        cfg = spec.base.with_overrides(win["config"])
+        save_config(cfg, exp / "best" / "config.yaml")
+        (exp / "best" / "test_accs.csv").write_text("episode,acc\n" + "".join(
+            f"{i},{a:.6f}\n" for i, a in enumerate(res["accs"])))
+        best = {"trial_id": win["trial_id"], "config": win["config"], "val_acc": win["best_val_acc"],
+                "test_acc": res["acc"], "test_ci95": res["ci95"], "test_episodes": len(res["accs"]),
+                "checkpoint": str(exp / "best" / "meta_state.pt"), "resolved_config": cfg.to_dict()}
+    summary = {"name": spec.name, "spec": spec.source, "metric": spec.tune.metric,
+               "space": {k: {d.kind: list(d.args)} for k, d in spec.space.items()},
+               "resources": resources, "best": best, "trials": rows, "wall_s": wall_s}
+    _write_json(exp / "summary.json", summary)
+    if best is None:
+        log.error("no trial produced a checkpoint; see the errors in %s/summary.json", exp)
+    return summary
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _flat_params(spec: SweepSpec) -> dict[str, Any]:
+    from mtl.tune.pretrain_cache import _flat
+
+    params = {f"base.{k}": v for k, v in _flat(spec.base.to_dict()).items()}
+    params.update({f"space.{k}": f"{d.kind}{list(d.args)}" for k, d in spec.space.items()})
+    params.update({f"tune.{k}": v for k, v in _flat(json.loads(json.dumps(spec.describe()["settings"]))).items()})
+    return params
+
+
+def _summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    b = summary["best"] or {}
+    out = {k: b[k] for k in ("val_acc", "test_acc", "test_ci95") if b.get(k) is not None}
+    out.update(trials=len(summary["trials"]), stopped_early=sum(t["stopped_early"] for t in summary["trials"]),
+               errored=sum(t["outcome"] == "errored" for t in summary["trials"]), wall_s=summary["wall_s"])
+    return {("best_" + k if k in ("val_acc", "test_acc", "test_ci95") else k): float(v) for k, v in out.items()}
+
+
+def _artifacts(exp: Path) -> dict[str, Path]:
+    names = {"summary.json": exp / "summary.json", "best/meta_state.pt": exp / "best" / "meta_state.pt",
+             "best/config.yaml": exp / "best" / "config.yaml", "best/test_accs.csv": exp / "best" / "test_accs.csv"}
+    return {k: p for k, p in names.items() if p.exists()}
+
+
+def _figures(summary: dict[str, Any]) -> dict[str, Any]:
+    from mtl.tracking import plot_param_importance, plot_validation_curves
+
+    figs = {"validation_curves.png": plot_validation_curves(
+        {t["trial_id"]: t["history"] for t in summary["trials"]})}
+    rows = [{**t["config"], summary["metric"]: t["best_val_acc"]} for t in summary["trials"]
+            if t["best_val_acc"] is not None]
+    imp = plot_param_importance(rows, list(summary["space"]), summary["metric"])
+    if imp is not None:
+        figs["param_importance.png"] = imp
+    return figs
