@@ -52,7 +52,7 @@ def make_env(rt: Runtime) -> Env:
         torch.backends.cudnn.allow_tf32 = True
     precision = rt.precision
     if precision == "bf16" and device.type == "cpu":
-        log.info("bf16 autocast on CPU is slow; it is honoured but fp32 is usually faster there")
+        log.debug("bf16 autocast on CPU is slow; it is honoured but fp32 is usually faster there")
     return Env(device=device, precision=precision, channels_last=rt.channels_last,
                progress=rt.progress and sys.stderr.isatty())
 

@@ -1,0 +1,148 @@
+"""Figures for a finished sweep: validation curves per trial and hyperparameter importance.
+
+Figures are built with ``matplotlib.figure.Figure`` directly (rendered by Agg on save), not
+through pyplot, so nothing depends on or changes a global backend or figure registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+
+MIN_TRIALS_FOR_IMPORTANCE = 3
+_MAX_LEGEND_ENTRIES = 12
+
+
+def plot_validation_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], metric: str = "val_acc",
+                           step_key: str = "epoch") -> Figure:
+    """One line per trial: ``metric`` against ``step_key`` (training_iteration if absent).
+
+    ``histories``: trial label -> the trial's results in order. A trial whose last
+    ``step_key`` is below its ``meta_epochs`` (the planned length) was stopped early by ASHA:
+    drawn dashed and ending in a cross. The best final value is drawn bold.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    curves = {}
+    for label, rows in histories.items():
+        points = [(row.get(step_key, row.get("training_iteration", i + 1)), row[metric])
+                  for i, row in enumerate(rows) if _number(row.get(metric))]
+        if points:
+            curves[label] = (points, rows[-1])
+    best = max(curves, key=lambda k: curves[k][0][-1][1], default=None)
+    for label, (points, last) in curves.items():
+        xs, ys = zip(*points)
+        planned = last.get("meta_epochs")
+        stopped = _number(planned) and _number(last.get(step_key)) and last[step_key] < planned
+        line, = ax.plot(xs, ys, linestyle="--" if stopped else "-", alpha=0.6 if stopped else 0.9,
+                        linewidth=2.5 if label == best else 1.2, label=label)
+        if stopped:
+            ax.plot(xs[-1], ys[-1], marker="x", color=line.get_color(), markersize=8)
+    ax.set_xlabel(step_key)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per trial (dashed, x: stopped early)")
+    ax.grid(alpha=0.3)
+    if 0 < len(curves) <= _MAX_LEGEND_ENTRIES:
+        ax.legend(fontsize="small")
+    return fig
+
+
+def plot_param_importance(rows: Sequence[Mapping[str, Any]], params: Sequence[str], metric: str,
+                          mode: str = "max") -> Figure | None:
+    """Bar chart of Optuna's importance (PED-ANOVA by default) of ``params`` for ``metric``.
+
+    ``rows``: one dict per finished trial holding the param values and the final metric.
+    Params that never vary are left out (importance is undefined for them). Returns None, and
+    logs why, when fewer than MIN_TRIALS_FOR_IMPORTANCE trials have a finite metric or no
+    searched param varies.
+    """
+    usable = [r for r in rows if _number(r.get(metric)) and math.isfinite(r[metric])
+              and all(p in r for p in params)]
+    if len(usable) < MIN_TRIALS_FOR_IMPORTANCE:
+        logger.info("No importance plot: %d trial(s) with a finite %s, need %d",
+                    len(usable), metric, MIN_TRIALS_FOR_IMPORTANCE)
+        return None
+    distributions = {p: d for p in params if (d := _distribution([r[p] for r in usable])) is not None}
+    if not distributions:
+        logger.info("No importance plot: none of %s varies across trials", list(params))
+        return None
+    importances = _importances(usable, distributions, metric, mode)
+
+    from matplotlib.figure import Figure
+
+    names = sorted(importances, key=importances.get)
+    fig = Figure(figsize=(6, 0.5 * len(names) + 1.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.barh(names, [importances[n] for n in names], color="tab:blue")
+    ax.set_xlabel(f"importance for {metric} (normalised)")
+    ax.set_title(f"Hyperparameter importance, {len(usable)} trials")
+    ax.set_xlim(0, max(1.0, *importances.values()))
+    return fig
+
+
+def _importances(rows: Sequence[Mapping[str, Any]], distributions: dict, metric: str,
+                 mode: str) -> dict[str, float]:
+    """Optuna's evaluator on an in-memory study rebuilt from the rows."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # silence "A new study created"
+    try:
+        study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+        for row in rows:
+            study.add_trial(optuna.trial.create_trial(
+                params={p: _value(row[p], d) for p, d in distributions.items()},
+                distributions=distributions, value=float(row[metric])))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            importances = optuna.importance.get_param_importances(study, params=list(distributions))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    for w in caught:
+        logger.info("Parameter importance: %s", w.message)
+    return importances
+
+
+def _distribution(values: list[Any]):
+    """Optuna distribution spanning ``values``; None if they do not vary."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    if len({_hashable(v) for v in values}) < 2:
+        return None
+    if all(_number(v) for v in values):
+        lo, hi = min(values), max(values)
+        if all(isinstance(v, int) for v in values):
+            return IntDistribution(int(lo), int(hi))
+        return FloatDistribution(float(lo), float(hi), log=lo > 0 and hi / lo >= 100)
+    return CategoricalDistribution(sorted({_hashable(v) for v in values}, key=str))
+
+
+def _value(value: Any, distribution) -> Any:
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return _hashable(value)
+    return value
+
+
+def _hashable(value: Any) -> Any:
+    """Optuna categorical choices must be None, bool, int, float or str."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)

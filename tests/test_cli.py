@@ -1,0 +1,104 @@
+"""``python -m mtl train|evaluate``: results, resumption after an interruption, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY
+from mtl.cli import main
+from mtl.config import load_config
+from mtl.experiment import run_experiment
+
+
+def _run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "mtl", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
+
+
+def _sets(items):
+    return [a for s in items for a in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    assert main(["train", "synthetic", *_sets(TINY), "--out", str(out), "-q"]) == 0
+    return out
+
+
+def test_train_writes_result_config_and_checkpoints(finished):
+    res = json.loads((finished / "result.json").read_text())
+    for key in ("test_acc", "test_ci95", "val_acc", "config", "test_accs", "pretrain_val_acc"):
+        assert key in res
+    assert len(res["test_accs"]) == 40 and 0 < res["test_ci95"] < 0.5
+    assert res["config"]["meta"]["epochs"] == 3
+    assert (finished / "config.yaml").exists() and (finished / "backbone.pt").exists()
+    lines = [json.loads(x) for x in (finished / "metrics.jsonl").read_text().splitlines()]
+    assert [m["phase"] for m in lines] == ["pretrain"] * 2 + ["meta"] * 3
+
+
+def test_evaluate_reproduces_the_test_accuracy(finished, tmp_path):
+    res = json.loads((finished / "result.json").read_text())
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(finished / "meta_state.pt"), "--out", str(out)]) == 0
+    again = json.loads(out.read_text())
+    assert again["test_acc"] == pytest.approx(res["test_acc"], abs=1e-6)
+    assert again["accs"] == pytest.approx(res["test_accs"], abs=1e-6)
+
+
+class Stop(KeyboardInterrupt):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_result(finished, tmp_path):
+    cfg = load_config("synthetic", TINY)
+    seen = []
+
+    def interrupt(m):
+        seen.append(m)
+        if m["phase"] == "meta" and m["epoch"] == 2:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        run_experiment(cfg, tmp_path / "r", report=interrupt)
+    assert not (tmp_path / "r" / "result.json").exists()
+    # without --resume the folder is protected
+    with pytest.raises(Exception, match="pass --resume"):
+        run_experiment(cfg, tmp_path / "r")
+    resumed = []
+    res = run_experiment(cfg, tmp_path / "r", resume=True, report=resumed.append)
+    assert [(m["phase"], m["epoch"]) for m in resumed] == [("meta", 3)]  # continued, not restarted
+    ref = json.loads((finished / "result.json").read_text())
+    assert res["test_acc"] == ref["test_acc"] and res["val_acc"] == ref["val_acc"]
+    assert res["test_accs"] == ref["test_accs"]
+
+
+def test_resume_with_another_config_is_refused(finished):
+    assert main(["train", "synthetic", *_sets(TINY), "--set", "meta.inner_lr=0.2", "--out", str(finished),
+                 "--resume", "-q"]) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "mini_1shot", "--set", "data.root=/nonexistent/mini"], "not found under /nonexistent/mini"),
+    (["train", "synthetic", "--set", "meta.inner_steps=0"], "meta.inner_steps = 0 must be at least 1"),
+    (["train", "synthetic", "--set", "meta.shot=100"], "images per class"),
+    (["train", "synthetic", "--set", "meta.way=50"], "meta.way = 50 but the train split has only"),
+    (["train", "nosuchconfig"], "config 'nosuchconfig' not found"),
+    (["evaluate", "/nonexistent/ckpt.pt"], "does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    r = _run_cli(*args, "--out" if args[0] == "train" else "-q", *([str(tmp_path / "o")] if args[0] == "train" else []))
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path):
+    bad = tmp_path / "meta_state.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = _run_cli("evaluate", str(bad))
+    assert r.returncode == 2 and "corrupt" in r.stderr and r.stderr.count("\n") == 1

@@ -1,0 +1,140 @@
+"""Phases A and B on the synthetic set: what learns, what stays frozen, and exact resumption."""
+
+import pytest
+import torch
+
+from conftest import TINY
+from mtl.checkpoint import load_checkpoint, save_checkpoint
+from mtl.config import load_config
+from mtl.experiment import load_data
+from mtl.models.scale_shift import SSConv2d, ss_parameters
+from mtl.phases.meta import MetaTrainer
+from mtl.phases.pretrain import Pretrainer
+from mtl.runtime import make_env
+
+
+def _setup(*extra):
+    cfg = load_config("synthetic", [*TINY, *extra])
+    env = make_env(cfg.runtime)
+    return cfg, env, load_data(cfg, env)
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    cfg, env, data = _setup()
+    p = Pretrainer(cfg, env, data["train"], data["val"])
+    while not p.done:
+        p.run_epoch()
+    return p.backbone_payload()["state"]
+
+
+def test_pretraining_reports_and_keeps_the_best_backbone():
+    cfg, env, data = _setup("pretrain.epochs=3")
+    p = Pretrainer(cfg, env, data["train"], data["val"])
+    hist = [p.run_epoch() for _ in range(3)]
+    assert p.done and [h["epoch"] for h in hist] == [1, 2, 3]
+    assert p.best_acc == max(h["val_acc"] for h in hist)
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    payload = p.backbone_payload()
+    assert payload["kind"] == "backbone" and payload["val_acc"] == p.best_acc
+
+
+def test_meta_training_changes_only_scale_shift_head(pretrained):
+    cfg, env, data = _setup()
+    t = MetaTrainer(cfg, env, data["train"], data["val"], pretrained)
+    frozen = {k: v.clone() for k, v in t.model.state_dict().items() if not k.endswith((".scale", ".shift"))}
+    learn = [p.detach().clone() for p in ss_parameters(t.model)]
+    head = t.head.weight.detach().clone()
+    t.run_epoch()
+    after = t.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in frozen.items())  # conv weights and BN: bit-identical
+    changed = [not torch.equal(a, b) for a, b in zip(learn, ss_parameters(t.model))]
+    assert sum(changed) > 0.9 * len(changed)
+    assert not torch.equal(head, t.head.weight)
+    # the frozen weights are the pretrained ones
+    for name, m in t.model.named_modules():
+        if isinstance(m, SSConv2d):
+            assert torch.equal(m.weight, pretrained[f"{name}.weight"])
+
+
+def test_train_affine_mode_learns_bn_affine_too(pretrained):
+    cfg, env, data = _setup("model.bn_mode=train_affine")
+    t = MetaTrainer(cfg, env, data["train"], data["val"], pretrained)
+    bn = next(m for m in t.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    w = bn.weight.detach().clone()
+    t.run_epoch()
+    assert not torch.equal(w, bn.weight)
+
+
+@pytest.mark.parametrize("extra", [["model.bn_mode=batch_stats"], ["eval.protocol=paper"],
+                                   ["model.ss_scope=3x3", "model.scale_granularity=channel"]])
+def test_other_modes_train_and_evaluate(pretrained, extra):
+    cfg, env, data = _setup(*extra, "meta.epochs=1")
+    t = MetaTrainer(cfg, env, data["train"], data["val"], pretrained)
+    m = t.run_epoch()
+    assert 0.0 <= m["val_acc"] <= 1.0 and m["train_loss"] == m["train_loss"]
+
+
+def test_second_order_scale_gradients_are_nonzero_and_differ_from_first_order(pretrained):
+    grads = {}
+    for fo in (True, False):
+        cfg, env, data = _setup(f"meta.first_order={str(fo).lower()}")
+        t = MetaTrainer(cfg, env, data["train"], data["val"], pretrained)
+        eps = t.sample()
+        st = t.task_stats(t.train, eps, steps=cfg.meta.inner_steps, first_order=fo)
+        st["loss"].mean().backward()
+        grads[fo] = torch.cat([p.grad.flatten() for p in ss_parameters(t.model) if p.grad is not None])
+    assert grads[False].abs().sum() > 0 and grads[True].abs().sum() > 0
+    assert not torch.allclose(grads[True], grads[False], atol=1e-7)
+
+
+def test_hard_tasks_run_at_the_configured_share(pretrained):
+    # two failure classes from each of 8 tasks per window: a pool of at least 5 classes (way)
+    cfg, env, data = _setup("hard_tasks.ratio=0.5", "hard_tasks.window=2", "hard_tasks.top_m=2", "meta.meta_batch=4",
+                            "meta.batches_per_epoch=4")
+    t = MetaTrainer(cfg, env, data["train"], data["val"], pretrained)
+    m = t.run_epoch()
+    assert m["hard_share"] == pytest.approx(0.5) and t.step == 8
+    cfg, env, data = _setup("hard_tasks.ratio=0")
+    off = MetaTrainer(cfg, env, data["train"], data["val"], pretrained)
+    assert off.run_epoch()["hard_share"] == 0
+
+
+def _strip(history):
+    return [{k: v for k, v in h.items() if k not in ("episodes_per_s", "images_per_s")} for h in history]
+
+
+def test_meta_training_resumes_exactly(pretrained, tmp_path):
+    # window 3 with 4 batches per epoch: the hard-task window spans epoch boundaries
+    cfg, env, data = _setup("hard_tasks.ratio=0.4")
+    full = MetaTrainer(cfg, env, data["train"], data["val"], pretrained)
+    while not full.done:
+        full.run_epoch()
+    first = MetaTrainer(cfg, env, data["train"], data["val"], pretrained)
+    first.run_epoch()
+    assert first.ht.count != 0  # a window is open across the checkpoint
+    save_checkpoint(tmp_path / "m.pt", first.state_dict())
+    torch.manual_seed(1234)  # resuming must not depend on the process's RNG state
+    second = MetaTrainer(cfg, env, data["train"], data["val"], pretrained)
+    second.load_state_dict(load_checkpoint(tmp_path / "m.pt", "meta"))
+    while not second.done:
+        second.run_epoch()
+    assert _strip(second.history) == _strip(full.history)
+    assert all(torch.equal(a, b) for a, b in zip(ss_parameters(full.model), ss_parameters(second.model)))
+
+
+def test_pretraining_resumes_exactly(tmp_path):
+    cfg, env, data = _setup("pretrain.epochs=3", "pretrain.dropout=0.1")
+    full = Pretrainer(cfg, env, data["train"], data["val"])
+    while not full.done:
+        full.run_epoch()
+    first = Pretrainer(cfg, env, data["train"], data["val"])
+    first.run_epoch()
+    save_checkpoint(tmp_path / "p.pt", first.state_dict())
+    torch.manual_seed(999)
+    second = Pretrainer(cfg, env, data["train"], data["val"])
+    second.load_state_dict(load_checkpoint(tmp_path / "p.pt", "pretrain"))
+    while not second.done:
+        second.run_epoch()
+    assert _strip(second.history) == _strip(full.history)
+    assert all(torch.equal(full.best_state[k], second.best_state[k]) for k in full.best_state)
