@@ -36,9 +36,9 @@ from mtl.typed import check_key as typed_check_key
 class Synthetic:
     """Shape of the procedural dataset (``data.dataset: synthetic``)."""
 
-    train_classes: int = 32
-    val_classes: int = 10
-    test_classes: int = 10
+    train_classes: int = 64
+    val_classes: int = 16
+    test_classes: int = 20
     images_per_class: int = 60
     seed: int = 0  # seed of the generator: same seed, same images
 

@@ -10,7 +10,7 @@ from mtl.experiment import run_experiment
 
 @pytest.mark.slow
 def test_mtl_learns_far_above_chance_and_raw_pixels(tmp_path):
-    cfg = load_config("synthetic", ["pretrain.epochs=8", "meta.epochs=3", "eval.val_episodes=60",
+    cfg = load_config("synthetic", ["pretrain.epochs=6", "meta.epochs=2", "eval.val_episodes=60",
                                     "eval.episodes=200", "runtime.progress=false"])
     res = run_experiment(cfg, tmp_path / "run")
     baseline = raw_pixel_nearest_centroid(load_split(cfg.data, "test", progress=False), way=5, shot=1, query=15,
@@ -30,7 +30,9 @@ def test_meta_transfer_improves_on_its_starting_point(tmp_path):
     from mtl.phases.pretrain import Pretrainer
     from mtl.runtime import make_env
 
-    cfg = load_config("synthetic", ["pretrain.epochs=4", "meta.epochs=6", "meta.batches_per_epoch=15",
+    cfg = load_config("synthetic", ["data.synthetic.train_classes=32", "data.synthetic.val_classes=10",
+                                    "meta.head_init=kaiming", "pretrain.lr_step=10", "pretrain.augment=true",
+                                    "pretrain.crop_scale=0.5", "pretrain.epochs=4", "meta.epochs=6", "meta.batches_per_epoch=15",
                                     "eval.val_episodes=150", "eval.inner_steps=20", "hard_tasks.ratio=0",
                                     "runtime.progress=false"])
     env = make_env(cfg.runtime)
