@@ -10,8 +10,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "resolve_tracking_uri": "mtl.tracking.mlflow",
-    "check_tracking_uri": "mtl.tracking.mlflow",
+    "resolve_tracking_uri": "mtl.tracking.uri",
+    "check_tracking_uri": "mtl.tracking.uri",
     "SweepTracker": "mtl.tracking.mlflow",
     "SweepCallback": "mtl.tracking.mlflow",
     "NullTracker": "mtl.tracking.mlflow",

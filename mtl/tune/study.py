@@ -54,7 +54,7 @@ def preflight(spec: SweepSpec, *, resume: bool = False) -> Launch:
                           f"or --set name=<new name> to start another")
     uri = None
     if spec.settings.mlflow.enabled:
-        from mtl.tracking.mlflow import check_tracking_uri, resolve_tracking_uri
+        from mtl.tracking.uri import check_tracking_uri, resolve_tracking_uri
 
         uri = resolve_tracking_uri(spec.settings.mlflow.tracking_uri)
         check_tracking_uri(uri)
