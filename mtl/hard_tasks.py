@@ -23,14 +23,29 @@ import torch
 
 
 class HardTaskScheduler:
-    def __init__(self, way: int, window: int, hard_per_window: float, top_m: int = 1, min_pool: int = 0) -> None:
+    def __init__(self, way: int, window: int, hard_per_window: float, top_m: int = 1, min_pool: int = 0,
+                 seed: int = 0) -> None:
         if top_m >= way:
             raise ValueError("top_m must be smaller than way")
         self.way, self.window, self.hard_per_window, self.top_m = way, window, hard_per_window, top_m
         self.min_pool = max(way, min_pool)
-        self.pool: set[int] = set()
+        self._pool: set[int] = set()
+        # Accuracy tables wait here (on their device) until the pool is needed, so recording a
+        # meta-batch never makes the host wait for the GPU; ties are broken with an own generator
+        # so that when this happens does not change any result.
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.gen = torch.Generator().manual_seed(seed)
         self.count = 0  # normal meta-batches in the current window
         self.credit = 0.0  # hard meta-batches owed, carried between windows
+
+    @property
+    def pool(self) -> set[int]:
+        """Failure classes pooled in the current window."""
+        for classes, acc, loss in self._pending:
+            worst = self.failure_classes(classes, acc, loss, self.top_m, self.gen)
+            self._pool.update(int(c) for c in worst.flatten())
+        self._pending.clear()
+        return self._pool
 
     @property
     def enabled(self) -> bool:
@@ -53,12 +68,10 @@ class HardTaskScheduler:
             order = order.gather(1, k.argsort(dim=1, descending=descending, stable=True))
         return classes.cpu().gather(1, order[:, :top_m])
 
-    def record(self, classes: torch.Tensor, class_acc: torch.Tensor, class_loss: torch.Tensor,
-               generator: torch.Generator) -> None:
-        """Pool the failure classes of one normal meta-batch's tasks."""
+    def record(self, classes: torch.Tensor, class_acc: torch.Tensor, class_loss: torch.Tensor) -> None:
+        """Pool the failure classes of one normal meta-batch's tasks (``[B, way]`` each)."""
         if self.enabled:
-            worst = self.failure_classes(classes, class_acc, class_loss, self.top_m, generator)
-            self.pool.update(int(c) for c in worst.flatten())
+            self._pending.append((classes.cpu(), class_acc.detach(), class_loss.detach()))
 
     def end_normal_batch(self) -> tuple[list[int], int] | None:
         """Count a normal meta-batch; when the window closes, return the pool to draw from and
@@ -72,7 +85,7 @@ class HardTaskScheduler:
         if self.count < self.window:
             return None
         pool = sorted(self.pool)
-        self.pool.clear()
+        self._pool.clear()
         self.count = 0
         self.credit += self.hard_per_window
         n = int(self.credit + 1e-9)
@@ -85,9 +98,11 @@ class HardTaskScheduler:
         return torch.tensor(pool, dtype=torch.int64)[picks]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pool": sorted(self.pool), "count": self.count, "credit": self.credit}
+        return {"pool": sorted(self.pool), "count": self.count, "credit": self.credit, "gen": self.gen.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.pool = set(int(c) for c in state["pool"])
+        self._pending.clear()
+        self._pool = set(int(c) for c in state["pool"])
+        self.gen.set_state(state["gen"])
         self.count = int(state["count"])
         self.credit = float(state["credit"])

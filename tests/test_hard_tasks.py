@@ -29,15 +29,15 @@ def test_failure_class_is_the_lowest_accuracy_with_loss_then_random_ties():
 def test_pool_window_and_clearing():
     s = HardTaskScheduler(way=3, window=2, hard_per_window=4)
     cls = torch.tensor([[0, 1, 2], [3, 4, 5]])
-    s.record(cls, torch.tensor([[0.1, 0.9, 0.9], [0.9, 0.2, 0.9]]), torch.zeros(2, 3), G)
+    s.record(cls, torch.tensor([[0.1, 0.9, 0.9], [0.9, 0.2, 0.9]]), torch.zeros(2, 3))
     assert s.end_normal_batch() is None and s.pool == {0, 4}
-    s.record(cls + 10, torch.tensor([[0.9, 0.9, 0.0], [0.9, 0.9, 0.3]]), torch.zeros(2, 3), G)
+    s.record(cls + 10, torch.tensor([[0.9, 0.9, 0.0], [0.9, 0.9, 0.3]]), torch.zeros(2, 3))
     assert s.end_normal_batch() == ([0, 4, 12, 15], 4)
     assert s.pool == set() and s.count == 0  # the window is cleared, not a stale copy
     # the next window pools only its own failures; too few -> no hard batches
-    s.record(cls, torch.tensor([[0.1, 0.9, 0.9], [0.9, 0.9, 0.0]]), torch.zeros(2, 3), G)
+    s.record(cls, torch.tensor([[0.1, 0.9, 0.9], [0.9, 0.9, 0.0]]), torch.zeros(2, 3))
     assert s.end_normal_batch() is None
-    s.record(cls, torch.tensor([[0.1, 0.9, 0.9], [0.9, 0.9, 0.0]]), torch.zeros(2, 3), G)
+    s.record(cls, torch.tensor([[0.1, 0.9, 0.9], [0.9, 0.9, 0.0]]), torch.zeros(2, 3))
     assert s.end_normal_batch() is None  # pool {0, 5} < way
 
 
@@ -53,16 +53,16 @@ def test_hard_tasks_use_distinct_pool_classes():
 
 def test_min_pool_and_disabled():
     s = HardTaskScheduler(way=2, window=1, hard_per_window=1, min_pool=3)
-    s.record(torch.tensor([[0, 1], [2, 3]]), torch.tensor([[0.0, 1.0], [0.0, 1.0]]), torch.zeros(2, 2), G)
+    s.record(torch.tensor([[0, 1], [2, 3]]), torch.tensor([[0.0, 1.0], [0.0, 1.0]]), torch.zeros(2, 2))
     assert s.end_normal_batch() is None  # pool {0, 2} below min_pool 3
     off = HardTaskScheduler(way=2, window=1, hard_per_window=0)
-    off.record(torch.tensor([[0, 1]]), torch.tensor([[0.0, 1.0]]), torch.zeros(1, 2), G)
+    off.record(torch.tensor([[0, 1]]), torch.tensor([[0.0, 1.0]]), torch.zeros(1, 2))
     assert off.pool == set() and off.end_normal_batch() is None
 
 
 def test_state_round_trip():
     s = HardTaskScheduler(way=3, window=5, hard_per_window=2)
-    s.record(torch.tensor([[0, 1, 2]]), torch.tensor([[0.0, 1.0, 1.0]]), torch.zeros(1, 3), G)
+    s.record(torch.tensor([[0, 1, 2]]), torch.tensor([[0.0, 1.0, 1.0]]), torch.zeros(1, 3))
     s.end_normal_batch()
     t = HardTaskScheduler(way=3, window=5, hard_per_window=2)
     t.load_state_dict(s.state_dict())
@@ -82,7 +82,7 @@ def test_fractional_hard_batches_meet_the_ratio_in_the_long_run(ratio):
     normal = hard = 0
     for _ in range(4000):
         s.record(torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 8]]), torch.tensor([[0.0, 1, 1]] * 3),
-                 torch.zeros(3, 3), G)
+                 torch.zeros(3, 3))
         normal += 1
         due = s.end_normal_batch()
         if due is not None:

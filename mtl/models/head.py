@@ -2,8 +2,8 @@
 
 One pure function, :func:`adapt_head`, is the inner loop of meta-training, validation,
 test and the pretraining probe. It runs on a batch of tasks at once (``[B, ...]``). The
-cross-entropy gradient of a linear head has a closed form, ``(softmax(Fw^T + b) - Y) / n``
-times the features, so no autograd is needed for the steps themselves:
+cross-entropy gradient of a linear head has a closed form, ``(softmax(Fw^T + b) - Y)^T F / n``,
+so no autograd is needed for the steps themselves:
 
 - first order: the steps run under ``no_grad`` on detached features; the result is
   ``w0 + delta`` so the head initialisation receives the query gradient directly and the
@@ -45,12 +45,6 @@ def logits(feats: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     return torch.baddbmm(b.unsqueeze(1), feats, w.transpose(1, 2))
 
 
-def _ce_grad(feats: torch.Tensor, onehot: torch.Tensor, w: torch.Tensor, b: torch.Tensor):
-    """Gradient of the mean cross-entropy of each task w.r.t. its (w, b)."""
-    g = (torch.softmax(logits(feats, w, b), dim=-1) - onehot) / feats.shape[1]
-    return torch.bmm(g.transpose(1, 2), feats), g.sum(dim=1)
-
-
 def adapt_head(
     feats: torch.Tensor,
     labels: torch.Tensor,
@@ -65,27 +59,33 @@ def adapt_head(
 
     feats ``[B, n, D]`` (float32), labels ``[B, n]`` in ``[0, way)``, w0 ``[way, D]`` or
     ``[B, way, D]``, b0 ``[way]`` or ``[B, way]``. Returns adapted ``w [B, way, D]``, ``b [B, way]``.
+
+    The bias is folded into an augmented weight ``A = [w | b]`` acting on ``[F | 1]``, and the
+    constant half of the gradient, ``(lr / n) Y^T [F | 1]``, is computed once, so a step is
+    ``A <- A + C - softmax([F | 1] A^T)^T (lr / n) [F | 1]``: four kernels instead of a dozen,
+    which is what bounds the inner loop on a GPU (see mtl/bench).
     """
-    B, _, D = feats.shape
+    B, n, D = feats.shape
     way = w0.shape[-2]
-    w0 = w0.expand(B, way, D)
-    b0 = b0.expand(B, way)
-    onehot = F.one_hot(labels, way).to(feats.dtype)
+    f = feats.detach() if first_order else feats
+    fa = torch.cat([f, f.new_ones(B, n, 1)], dim=2)  # [B, n, D + 1]
+    fs = fa * (lr / n)
+    c = torch.bmm(F.one_hot(labels, way).to(feats.dtype).transpose(1, 2), fs)  # [B, way, D + 1]
+    a0 = torch.cat([w0.expand(B, way, D), b0.expand(B, way).unsqueeze(2)], dim=2)
     if first_order:
         with torch.no_grad():
-            f = feats.detach()
-            w, b = w0.detach().clone(), b0.detach().clone()
+            a = a0.detach().clone()
             for _ in range(steps):
-                gw, gb = _ce_grad(f, onehot, w, b)
-                w.sub_(gw, alpha=lr)
-                b.sub_(gb, alpha=lr)
-            dw, db = w - w0, b - b0
-        return w0 + dw, b0 + db
-    w, b = w0, b0
-    for _ in range(steps):
-        gw, gb = _ce_grad(feats, onehot, w, b)
-        w, b = w - lr * gw, b - lr * gb
-    return w, b
+                p = torch.softmax(torch.bmm(fa, a.transpose(1, 2)), dim=-1)
+                a.add_(c).baddbmm_(p.transpose(1, 2), fs, alpha=-1)
+            delta = a - a0
+        a = a0 + delta  # the query gradient reaches the initialisation unchanged
+    else:
+        a = a0
+        for _ in range(steps):
+            p = torch.softmax(torch.bmm(fa, a.transpose(1, 2)), dim=-1)
+            a = torch.baddbmm(a + c, p.transpose(1, 2), fs, alpha=-1)
+    return a[..., :D], a[..., D]
 
 
 def query_stats(lg: torch.Tensor, labels: torch.Tensor, way: int) -> dict[str, torch.Tensor]:

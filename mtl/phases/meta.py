@@ -57,7 +57,8 @@ class MetaTrainer:
             self.opt, [lambda s, f=f: max(m.lr_gamma ** (s // m.lr_step), f) for f in floors])
         self.gen = torch.Generator().manual_seed(cfg.runtime.seed + 2)  # tasks and hard-task picks
         ht = cfg.hard_tasks
-        self.ht = HardTaskScheduler(m.way, ht.window, hard_batches_per_window(ht), ht.top_m, ht.min_pool)
+        self.ht = HardTaskScheduler(m.way, ht.window, hard_batches_per_window(ht), ht.top_m, ht.min_pool,
+                                    seed=cfg.runtime.seed + 3)
         self.normalize = Normalize(cfg.data.normalization, env.device, env.channels_last)
         self.embed = Embedder(self.model, self.normalize, env, transductive=cfg.model.bn_mode == "batch_stats")
         self.val_bank = episode_bank(val.offsets, m.way, m.shot, eval_query(cfg), cfg.eval.val_episodes, cfg.eval.seed)
@@ -109,7 +110,7 @@ class MetaTrainer:
             stats = self.outer_step(eps)
             losses.append(stats["loss"].detach().mean())
             accs.append(stats["acc"].mean())
-            self.ht.record(eps.classes, stats["class_acc"], stats["class_loss"], self.gen)
+            self.ht.record(eps.classes, stats["class_acc"], stats["class_loss"])
             due = self.ht.end_normal_batch()
             if due is not None:
                 pool, n_hard = due

@@ -63,7 +63,8 @@ class Pretrainer:
         self.classifier.train()
         n = data.labels.numel()
         bs = min(p.batch_size, n)
-        perm = torch.randperm(n, generator=self.gen)
+        # the order is drawn on the host (one seeded generator on any device), moved once per epoch
+        perm = torch.randperm(n, generator=self.gen).to(data.labels.device)
         steps = n // bs  # the last partial batch is dropped, as in the official loaders
         loss_sum = torch.zeros((), device=env.device)
         correct = torch.zeros((), device=env.device)
@@ -73,7 +74,7 @@ class Pretrainer:
             x = self.embed.images(data, idx)
             if p.augment:
                 x = random_resized_crop_flip(x, self.aug_gen, scale=(p.crop_scale, 1.0))
-            y = data.labels.index_select(0, idx.to(data.labels.device)).to(env.device)
+            y = data.labels.index_select(0, idx).to(env.device)
             with env.autocast():
                 out = self.classifier(self.model(x)).float()
             loss = F.cross_entropy(out, y)

@@ -1,0 +1,131 @@
+"""The speed benchmark: the CLI runs on a CPU and writes every figure with its floor and ratio;
+the timing, memory and report helpers; no Ray, MLflow or Optuna on import."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtl.bench.report import table, targets
+from mtl.bench.timing import PeakMemory, Plan, device_info, interleaved, measure, release
+
+ROOT = Path(__file__).resolve().parents[1]
+META = [f"meta_{s}shot_{n}steps_mb{b}" for s in (1, 5) for b in (1, 4) for n in (20, 100)]
+FIGURES = ["pretrain", *META, "eval_1shot_600", "eval_5shot_600"]
+
+
+def _bench(tmp_path, *args, timeout=240):
+    out = tmp_path / "out.json"
+    cmd = [sys.executable, "-m", "mtl.bench", "--device", "cpu", "--threads", "1", "--quick", "--json", str(out), *args]
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def _check_figure(f):
+    for key in ("value", "floor", "ratio"):
+        assert isinstance(f[key], float) and math.isfinite(f[key]) and f[key] > 0, (key, f)
+    assert f["ratio_kind"] in ("throughput", "time") and f["ratio_def"] and f["unit"] and f["what"]
+    if f["ratio_kind"] == "throughput" or f["unit"] == "s":
+        assert f["ratio"] == pytest.approx(f["value"] / f["floor"])
+    else:  # a rate whose ratio is a time ratio
+        assert f["ratio"] == pytest.approx(f["floor"] / f["value"])
+
+
+def test_quick_run_writes_every_figure_with_its_floor_and_ratio(tmp_path):
+    res, stdout = _bench(tmp_path)
+    assert res["complete"] and res["quick"]
+    assert sorted(res["figures"]) == sorted(FIGURES)
+    for name in FIGURES:
+        _check_figure(res["figures"][name])
+    env = res["environment"]
+    assert env["device"] == "cpu" and env["torch"] == torch.__version__ and env["threads"] == 1
+    assert res["settings"]["backbone"] == "tiny" and res["settings"]["meta_gradient"] == "second order"
+    assert res["targets"] is None and res["memory"] is None  # GPU-only
+    m = res["figures"]["meta_5shot_100steps_mb4"]
+    assert (m["images"], m["shot"], m["inner_steps"], m["meta_batch"]) == (400, 5, 100, 4)
+    assert res["figures"]["eval_1shot_600"]["extrapolated"] is True
+    assert "ratio" in stdout and "meta-train 5-shot 100 steps mb4" in stdout and "PASS" not in stdout
+
+
+def test_quick_run_with_concurrent_trials(tmp_path):
+    res, stdout = _bench(tmp_path, "--trials", "2", "--only", "trials", "--trial-seconds", "1", "--first-order")
+    f = res["figures"]["trials_2"]
+    _check_figure(f)
+    assert len(f["per_trial"]) == 2 and f["threads_per_trial"] == 1 and f["solo"]["episodes"] > 0
+    assert all(r["episodes"] > 0 and r["seconds"] >= 1.0 for r in f["per_trial"])
+    assert f["value"] == pytest.approx(sum(r["episodes_per_s"] for r in f["per_trial"]))
+    assert res["settings"]["meta_gradient"] == "first order"
+    assert "2 trials at once vs 1 alone" in stdout
+
+
+def test_importing_the_benchmark_pulls_in_no_ray_mlflow_or_optuna():
+    code = ("import sys, mtl.bench, mtl.bench.cli, mtl.bench.figures, mtl.bench.trials, mtl.bench.report; "
+            "print([m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow', 'optuna')])")
+    out = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_cpu_timing_never_touches_cuda(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("a CUDA API was called on a CPU run")
+
+    for name in ("synchronize", "reset_peak_memory_stats", "max_memory_allocated", "max_memory_reserved",
+                 "empty_cache", "get_device_properties", "get_device_name"):
+        monkeypatch.setattr(torch.cuda, name, boom)
+    cpu = torch.device("cpu")
+    calls = []
+    t = measure(lambda: calls.append(1), cpu, Plan(warmup=2, iters=3, repeats=4))
+    assert len(calls) == 2 + 3 * 4 and t["iters"] == 3 and t["repeats"] == 4 and t["s"] >= 0
+    with PeakMemory(cpu) as pm:
+        pass
+    assert pm.allocated_gb is None
+    release(cpu)
+    assert device_info(cpu)["device"] == "cpu"
+
+
+def test_interleaved_alternates_blocks_and_sizes_them_from_seconds():
+    order = []
+    t = interleaved(torch.device("cpu"), {"a": (lambda: order.append("a"), Plan(0, 2, 3)),
+                                          "b": (lambda: order.append("b"), Plan(0, 1, 3))})
+    assert "".join(order) == "aab" * 3 and t["a"]["iters"] == 2 and t["b"]["repeats"] == 3
+    sized = measure(lambda: sum(range(1000)), torch.device("cpu"), Plan(warmup=1, iters=None, repeats=2, seconds=0.02))
+    assert sized["iters"] > 1
+
+
+def _fig(value, floor, kind, unit="episodes/s", **extra):
+    ratio = value / floor if kind == "throughput" or unit == "s" else floor / value
+    return {"what": "x", "value": value, "floor": floor, "unit": unit, "ratio": ratio, "ratio_kind": kind,
+            "ratio_def": "d", **extra}
+
+
+def test_targets_and_table_on_a_cuda_result():
+    """The GPU report path, exercised with a made-up CUDA result."""
+    figs = {
+        "pretrain": _fig(5200.0, 6000.0, "throughput", "images/s", batch=128),
+        "meta_1shot_100steps_mb1": _fig(50.0, 60.0, "time", ms=20.0, floor_ms=16.0, shot=1, inner_steps=100,
+                                        meta_batch=1),
+        "meta_5shot_100steps_mb4": _fig(30.0, 60.0, "time", ms=133.0, floor_ms=66.0, shot=5, inner_steps=100,
+                                        meta_batch=4),
+        "eval_1shot_600": _fig(2.5, 2.0, "time", "s", shot=1, inner_steps=100),
+        "trials_4": _fig(130.0, 50.0, "throughput", trials=4, quarter_card_gb=20.0, max_trial_peak_alloc_gb=25.0,
+                         per_trial=[{"peak_alloc_gb": p} for p in (25.0, 3.0, 3.0, 3.0)]),
+    }
+    checks = targets(figs)
+    assert checks["pretrain"]["pass"] is True  # 0.87 >= 0.85
+    assert checks["meta_1shot_100steps_mb1"]["pass"] is True  # 1.2 <= 1.25
+    assert checks["meta_5shot_100steps_mb4"]["pass"] is False  # 2.0
+    assert checks["eval_1shot_600"]["pass"] is True  # 2.5 s <= 3 s
+    assert checks["trials_4"]["pass"] is True and checks["trials_4_memory"]["pass"] is False
+    env = {"device": "cuda", "name": "NVIDIA H200", "torch": "2.11.0", "cuda": "13.0", "cudnn": 91000,
+           "threads": 16, "cpu_count": 16, "date": "2026-11-26", "total_memory_gb": 80.0}
+    settings = {"backbone": "resnet25", "image_size": 80, "precision": "bf16", "channels_last": True,
+                "meta_gradient": "second order", "bn_mode": "frozen", "query": 15}
+    out = table({"environment": env, "settings": settings, "figures": figs, "targets": checks, "quick": False,
+                 "memory": {"peak_alloc_gb": 5.0, "peak_reserved_gb": 6.0}})
+    assert out.count("PASS") == 4 and out.count("FAIL") == 2 and "NVIDIA H200" in out and "1/4 = 20.0 GB" in out
