@@ -6,13 +6,17 @@
 
 Without --address a local Ray starts; with it (host:port of a running head, or "auto")
 the sweep joins that cluster. ``ray job submit --working-dir . -- python launch/tune.py ...``
-runs it on a cluster. Errors in the input print one line and exit with status 2.
+runs it on a cluster. Errors in the input print one line and exit with status 2. Ctrl+C or
+SIGTERM (``ray job stop``, a batch scheduler) stop the sweep with its state saved, print the
+command that resumes it and exit with status 130; after a crash (SIGKILL) --resume continues
+from Ray Tune's last state snapshot.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -32,12 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the resolved sweep and start nothing")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        from mtl.tune.spec import load_spec
-        from mtl.tune.study import describe, format_table, run_sweep
+    from mtl.tune import SweepInterrupted
+    from mtl.tune.spec import load_spec
 
+    try:
         overrides = list(args.overrides) + ([f"storage={args.storage}"] if args.storage else [])
         spec = load_spec(args.spec, overrides)
+        from mtl.tune.study import describe, format_table, run_sweep  # torch: after the cheap checks
+
         if args.dry_run:
             print(describe(spec))
             return 0
@@ -45,10 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     except MTLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except SweepInterrupted as e:
+        again = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"]
+        cmd = shlex.join([sys.executable, sys.argv[0], *again, "--resume"])
+        print(f"error: {e}; continue it with: {cmd}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("error: interrupted; run the same command again, with --resume if the sweep folder exists",
+              file=sys.stderr)
+        return 130
     print(format_table(summary))
     print(f"summary: {spec.experiment_dir / 'summary.json'}")
     if summary.get("mlflow"):
-        print(f"compare trials: mlflow ui --backend-store-uri {summary['mlflow']['tracking_uri']}")
+        uri = summary["mlflow"]["tracking_uri"]
+        print(f"compare trials: {'mlflow ui --backend-store-uri ' + uri if uri.startswith('sqlite') else 'open ' + uri}")
     return 0 if summary["best"] else 1
 
 

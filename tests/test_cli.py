@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import TINY
+from tiny_settings import TINY
 from mtl.cli import main
 from mtl.config import load_config
 from mtl.experiment import run_experiment

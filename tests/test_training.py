@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import TINY
+from tiny_settings import TINY
 from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.config import load_config
 from mtl.experiment import load_data

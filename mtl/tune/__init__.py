@@ -1,0 +1,12 @@
+"""Ray Tune sweeps of MTL configs: spec (YAML), study (driver), trainable, shared pretraining cache."""
+
+
+class SweepInterrupted(Exception):
+    """The sweep stopped before all its trials finished (Ctrl+C, SIGTERM); Ray Tune saved its
+    state and ``launch/tune.py ... --resume`` continues it. Defined here so that the launcher can
+    catch it without importing the driver (torch, ray)."""
+
+    def __init__(self, name: str, finished: int, total: int, exp: object) -> None:
+        super().__init__(f"sweep {name} interrupted with {finished} of {total} trials finished; "
+                         f"its state is saved in {exp}")
+        self.finished, self.total, self.exp = finished, total, exp

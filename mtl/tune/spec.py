@@ -21,7 +21,9 @@ would reject fails here, naming the space key).
 
 from __future__ import annotations
 
+import math
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -38,7 +40,7 @@ class TuneSettings:
     metric: str = "val_acc"  # reported every meta-training epoch
     mode: Literal["max", "min"] = "max"
     num_samples: int = 16
-    max_concurrent: int | None = None  # None: as many as the resources allow
+    max_concurrent: int | None = None  # None: as many as the cluster's resources allow at launch
     searcher: Literal["optuna", "random"] = "optuna"
     seed: int = 0  # sampler seed
     n_startup_trials: int = 5  # random trials before TPE models the space
@@ -55,6 +57,7 @@ class TuneSettings:
 class Resources:
     cpu: float = 1.0
     gpu: float = 0.0  # fraction of one GPU per trial: 0.25 packs four trials on a GPU
+    wait_for_gpu_s: float = 0.0  # an autoscaling cluster with no GPU node up yet: wait this long for one
 
 
 @dataclass(frozen=True)
@@ -128,10 +131,21 @@ class SweepSpec:
 
     @property
     def max_t(self) -> int:
+        """ASHA's cap: the longest trial the sweep can run (ASHA stops any trial that reaches it).
+        Searched epoch/batch counts count with their upper bound; ``updates`` include the hard-task
+        updates that come on top of the normal ones (1 / (1 - ratio) times as many in all)."""
         t = self.tune
         if t.max_t is not None:
             return t.max_t
-        return self.base.meta.epochs if t.time_attr != "updates" else self.base.meta.epochs * self.base.meta.batches_per_epoch
+        epochs = self.upper("meta.epochs")
+        if t.time_attr != "updates":
+            return epochs
+        return math.ceil(epochs * self.upper("meta.batches_per_epoch") / (1 - self.upper("hard_tasks.ratio"))) + 1
+
+    def upper(self, key: str) -> Any:
+        """The largest value a numeric config key takes in this sweep (base value or space bound)."""
+        dist = self.space.get(key)
+        return max([self.base.get(key), *(dist.bounds() if dist else [])])
 
     def param_space(self) -> dict[str, Any]:
         return {k: d.to_ray() for k, d in self.space.items()}
@@ -173,6 +187,10 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
     base = _load_base(path, settings.base, doc.get("config") or {}, cfg_over)
     space = _parse_space(doc.get("space"), base, path)
     _check_settings(settings, base)
+    val_every = {base.eval.val_every, *(space["eval.val_every"].bounds() if "eval.val_every" in space else [])}
+    if settings.tune.metric == "val_acc" and val_every != {1}:
+        raise ConfigError(f"eval.val_every = {max(val_every)}: a sweep on val_acc needs it every meta epoch (every "
+                          "report must hold the metric); set eval.val_every=1, or tune.metric=best_val_acc")
     if "://" in settings.storage and not settings.storage.startswith("file://"):
         raise ConfigError(
             f"storage {settings.storage!r}: use a filesystem path that every node sees (local disk, NFS); "
@@ -221,6 +239,13 @@ def _parse_space(raw: Any, base: Config, path: Path) -> dict[str, Dist]:
         except ConfigError as e:
             raise ConfigError(f"space key {key!r} is not a config field: {e}") from None
         dist = _parse_dist(key, d)
+        if not _takes_fractions(check_key(key)) and (
+                dist.kind in ("uniform", "loguniform")
+                or dist.kind in ("quniform", "qloguniform") and not all(isinstance(a, int) for a in dist.args)):
+            whole = {"uniform": "int", "loguniform": "logint"}.get(dist.kind, dist.kind)
+            raise ConfigError(f"space {key}: {key} takes whole numbers but {dist.kind}{list(dist.args)} draws "
+                              f"fractions; use {{{whole}: [low, high{', step' if whole.startswith('q') else ''}]}} "
+                              "with integer arguments")
         for v in dist.bounds():
             try:
                 base.with_overrides({key: v})
@@ -228,6 +253,11 @@ def _parse_space(raw: Any, base: Config, path: Path) -> dict[str, Dist]:
                 raise ConfigError(f"space {key}: value {v!r} of its {dist.kind} distribution is invalid ({e})") from None
         space[key] = dist
     return space
+
+
+def _takes_fractions(typ: Any) -> bool:
+    """Whether a config field of declared type ``typ`` accepts non-integral numbers."""
+    return typ is float or float in typing.get_args(typ)
 
 
 def _parse_dist(key: str, d: Any) -> Dist:
@@ -273,6 +303,7 @@ def _check_settings(s: SweepSettings, base: Config) -> None:
         (t.checkpoints_to_keep >= 1, "tune.checkpoints_to_keep", t.checkpoints_to_keep, "must be at least 1"),
         (t.n_startup_trials >= 1, "tune.n_startup_trials", t.n_startup_trials, "must be at least 1"),
         (r.cpu > 0, "resources.cpu", r.cpu, "must be positive"),
+        (r.wait_for_gpu_s >= 0, "resources.wait_for_gpu_s", r.wait_for_gpu_s, "must be >= 0 (seconds)"),
         (r.gpu == 0 or 0 < r.gpu <= 1, "resources.gpu", r.gpu,
          "must be a fraction of one GPU in (0, 1] (e.g. 0.25 packs four trials per GPU), or 0 for CPU trials"),
     ]

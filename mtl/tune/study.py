@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +21,12 @@ from typing import Any
 from mtl.config import check_against_data, save_config
 from mtl.data import split_stats
 from mtl.errors import ConfigError
+from mtl.tune import SweepInterrupted
 from mtl.tune.pretrain_cache import affects_pretraining
 from mtl.tune.spec import SweepSpec
 
 log = logging.getLogger(__name__)
+_USER_MAX_PENDING = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")  # a user's own setting wins
 
 
 @dataclass(frozen=True)
@@ -47,18 +51,47 @@ def preflight(spec: SweepSpec, *, resume: bool = False) -> Launch:
             except ConfigError as e:
                 raise ConfigError(f"space {key}: value {v!r} does not fit the data ({e})") from None
     exp = spec.experiment_dir
-    if resume and not (exp / "tuner.pkl").exists():
+    if resume and not exp.exists():
         raise ConfigError(f"nothing to resume: no sweep {spec.name!r} under {spec.storage}; drop --resume to start it")
     if not resume and exp.exists():
         raise ConfigError(f"sweep {spec.name!r} already exists under {spec.storage}; pass --resume to continue it, "
                           f"or --set name=<new name> to start another")
+    if resume:
+        _check_same_sweep(spec, exp / SPEC_FILE)
+    # a sweep stopped before Ray Tune saved any state (e.g. while pretraining) starts its trials afresh,
+    # keeping its pretraining cache and MLflow runs
+    tuner_state = resume and (exp / "tuner.pkl").exists() and any(exp.glob("experiment_state-*.json"))
     uri = None
     if spec.settings.mlflow.enabled:
         from mtl.tracking.uri import check_tracking_uri, resolve_tracking_uri
 
         uri = resolve_tracking_uri(spec.settings.mlflow.tracking_uri)
         check_tracking_uri(uri)
-    return Launch(spec, exp / "pretrain_cache", uri, spec.settings.mlflow.experiment or spec.name, resume)
+    return Launch(spec, exp / "pretrain_cache", uri, spec.settings.mlflow.experiment or spec.name, tuner_state)
+
+
+SPEC_FILE = "sweep.json"  # what the first launch resolved; a resume must match it
+
+
+def _identity(spec: SweepSpec) -> dict[str, Any]:
+    """What a resumed sweep must share with its first launch (Ray Tune restores the searcher,
+    scheduler and trials from its own state; trials get the base config from this launch)."""
+    from mtl.tune.pretrain_cache import _flat
+
+    d = spec.describe()
+    return _flat({"base": d["base_config"], "space": d["space"], "tune": d["settings"]["tune"]})
+
+
+def _check_same_sweep(spec: SweepSpec, path: Path) -> None:
+    if not path.is_file():
+        return
+    first = json.loads(path.read_text())
+    now = json.loads(json.dumps(_identity(spec)))
+    diff = sorted(k for k in first.keys() | now.keys() if first.get(k) != now.get(k))
+    if diff:
+        shown = ", ".join(f"{k} ({first.get(k)!r} -> {now.get(k)!r})" for k in diff[:4])
+        raise ConfigError(f"--resume of sweep {spec.name!r} with settings that differ from its first launch: {shown}"
+                          f"{' ...' if len(diff) > 4 else ''}; repeat the first launch's spec and --set options")
 
 
 def describe(spec: SweepSpec) -> str:
@@ -96,7 +129,7 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int |
 
     if ray.is_initialized():
         return
-    env = {"env_vars": {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "MTL_CACHE_DIR") if k in os.environ}}
+    env = {"env_vars": _env_for_trials()}
     if address is None:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=env, configure_logging=False,
                  include_dashboard=False, log_to_driver=True)
@@ -116,16 +149,47 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int |
                           "check the address (host:port of the head's GCS, default port 6379)") from None
 
 
+def _env_for_trials() -> dict[str, str]:
+    """The driver's MLflow URI and data cache folder, for the trials. Under ``ray job submit``
+    the job's runtime env already reaches them, and Ray refuses a key that both set."""
+    env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "MTL_CACHE_DIR") if k in os.environ}
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        job = {}
+    return {k: v for k, v in env.items() if k not in (job.get("env_vars") or {})}
+
+
 def trial_resources(spec: SweepSpec) -> dict[str, float]:
     """The spec's per-trial resources; a GPU request on a cluster without GPUs falls back to CPU
     (Ray would otherwise leave the trials pending forever)."""
     import ray
 
     res = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    wait = spec.resources.wait_for_gpu_s
+    if res["gpu"] > 0 and ray.cluster_resources().get("GPU", 0) <= 0 and wait > 0:
+        from ray.autoscaler.sdk import request_resources
+
+        log.info("no GPU in the cluster yet: asking the autoscaler for one and waiting up to %g s", wait)
+        request_resources(bundles=[{"GPU": 1}])
+        deadline = time.time() + wait
+        while time.time() < deadline and ray.cluster_resources().get("GPU", 0) <= 0:
+            time.sleep(5)
     if res["gpu"] > 0 and ray.cluster_resources().get("GPU", 0) <= 0:
         log.warning("resources.gpu = %g but the Ray cluster has no GPU: running trials on CPU", res["gpu"])
         res["gpu"] = 0.0
     return res
+
+
+def concurrent_slots(resources: dict[str, float]) -> int:
+    """How many trials with ``resources`` the cluster holds at once (at least 1)."""
+    import ray
+
+    total = ray.cluster_resources()
+    fits = [total.get("CPU", 0.0) / resources["cpu"]]
+    if resources["gpu"] > 0:
+        fits.append(total.get("GPU", 0.0) / resources["gpu"])
+    return max(1, int(min(fits) + 1e-9))
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -150,12 +214,16 @@ def build_tuner(launch: Launch, resources: dict[str, float], callbacks: list[Any
                else RandomSampler(seed=t.seed))
     scheduler = (ASHAScheduler(time_attr=t.time_attr, max_t=spec.max_t, grace_period=t.grace_period,
                                reduction_factor=t.reduction_factor) if t.scheduler == "asha" else FIFOScheduler())
+    # With a searcher Ray Tune keeps one trial pending at a time, so trials would start one after
+    # another; let it queue as many as the cluster holds now (an autoscaler may add more later).
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = _USER_MAX_PENDING or str(t.max_concurrent or concurrent_slots(resources))
     return tune.Tuner(
         trainable,
         param_space=spec.param_space(),
         tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, search_alg=OptunaSearch(sampler=sampler),
                                     scheduler=scheduler, num_samples=t.num_samples,
-                                    max_concurrent_trials=t.max_concurrent, reuse_actors=True,
+                                    max_concurrent_trials=t.max_concurrent,
+                                    reuse_actors=True,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=str(spec.storage), callbacks=callbacks, verbose=1,
@@ -249,15 +317,36 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     launch = preflight(spec, resume=resume)
     start = time.time()
     connect(address, **(ray_init or {}))
+    sigterm = _sigterm_as_ctrl_c()
+    try:
+        return _run(launch, spec, start)
+    finally:
+        if sigterm is not False:
+            signal.signal(signal.SIGTERM, sigterm or signal.SIG_DFL)  # None: Ray's own, set from C++
+
+
+def _sigterm_as_ctrl_c() -> Any:
+    """SIGTERM (``ray job stop``, a batch scheduler, ``docker stop``) as Ctrl+C: Ray Tune then
+    saves the sweep's state and returns, and the sweep can be resumed. Installed after
+    ``ray.init``, which sets a SIGTERM handler of its own; returns the handler it replaced
+    (False: none replaced, signals are for the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    return signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+
+
+def _run(launch: Launch, spec: SweepSpec, start: float) -> dict[str, Any]:
     resources = trial_resources(spec)
     exp = spec.experiment_dir
+    exp.mkdir(parents=True, exist_ok=True)
+    if not (exp / SPEC_FILE).exists():
+        _write_json(exp / SPEC_FILE, _identity(spec))
     tracker = None
     callbacks: list[Any] = []
     if launch.tracking_uri:
         from mtl.tracking.mlflow import SweepTracker
 
         tracker = SweepTracker(launch.tracking_uri, launch.experiment, spec.name, exp / "mlflow_runs.json")
-        exp.mkdir(parents=True, exist_ok=True)
         tracker.start(_flat_params(spec), tags={"sweep": spec.name, "spec": spec.source})
         callbacks.append(tracker.callback())
     status = "FAILED"
@@ -268,17 +357,39 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
             info = ray.get(_remote(_pretrain_task, resources).remote(spec.base.to_dict(), str(launch.cache_root)))
             log.info("shared pretraining entry %s (%s)", info["key"], info["status"])
         result_grid = build_tuner(launch, resources, callbacks).fit()
+        # Ctrl+C / SIGUSR1 make Ray Tune save its state and return early: no winner to test yet
+        finished = _finished_trials(exp, result_grid)
+        if finished < spec.tune.num_samples:
+            status = "KILLED"
+            raise SweepInterrupted(spec.name, finished, spec.tune.num_samples, exp)
         summary = summarize(launch, result_grid, resources, time.time() - start)
         status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
-        if tracker is not None and status == "FAILED":
-            tracker.finish({}, status="FAILED")
+        if tracker is not None and status != "FINISHED":
+            tracker.finish({}, status=status)
     if tracker is not None:
         summary["mlflow"] = {"tracking_uri": launch.tracking_uri, "experiment": launch.experiment,
                              "parent_run_id": tracker.parent_run_id}
         _write_json(exp / "summary.json", summary)
         tracker.finish(_summary_metrics(summary), artifacts=_artifacts(exp), figures=_figures(summary))
     return summary
+
+
+def _finished_trials(exp: Path, result_grid: Any) -> int:
+    """Trials that ended (completed, stopped by the scheduler, errored) by Ray Tune's last state
+    snapshot. An interrupted Ray Tune writes that snapshot and only then marks its running trials
+    TERMINATED on the way out, so the result grid cannot tell (nor can its ``done`` flags: Ray
+    Tune drops them from the snapshot of trials that had finished before a resume)."""
+    try:
+        state = json.loads(max(exp.glob("experiment_state-*.json")).read_text())
+        trials = [json.loads(t) if isinstance(t, str) else t for t, _ in state["trial_data"]]
+        return sum(t["status"] in ("TERMINATED", "ERROR") for t in trials)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # no snapshot, or Ray changed its format
+        log.warning("cannot read Ray Tune's state in %s (%s); taking the sweep as finished", exp, e)
+        return len(result_grid)
 
 
 def summarize(launch: Launch, result_grid: Any, resources: dict[str, float], wall_s: float) -> dict[str, Any]:

@@ -67,7 +67,7 @@ def test_splits_disjoint_same_family():
 def test_default_config_loads():
     cfg = load_config()
     split = load_split(cfg.data, "val", progress=False)
-    assert isinstance(split, Split) and split.images.shape == (600, 3, 32, 32)
+    assert isinstance(split, Split) and split.images.shape == (16 * 60, 3, 32, 32)  # 16 classes x 60 images
 
 
 def test_raw_pixel_baseline_is_weak_on_synthetic():

@@ -1,0 +1,187 @@
+"""Bad sweep input fails before Ray starts: one line on stderr naming the problem and the fix,
+exit status 2, no files. Every case is a real ``launch/tune.py`` subprocess; they run three at a
+time in one module fixture (each takes 1-3 s, mostly imports), the tests only read the outcome.
+Plus --dry-run, and the spec checks that guard the sweep at run time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from tune_support import LAUNCH, RAY_ENV, SMOKE, closed_port
+
+from mtl.errors import ConfigError
+
+SPACE_OK = "  meta.inner_lr: {loguniform: [0.02, 0.5]}\n"
+
+
+def _spec(space: str = SPACE_OK, head: str = "base: synthetic\n") -> str:
+    return f"{head}space:\n{space}"
+
+
+# case id -> (spec YAML text or None for search_spaces/smoke.yaml, extra CLI args,
+#             words the message must hold: the problem ..., the fix)
+CASES = {
+    "malformed-yaml": ("base: synthetic\nspace: [meta.inner_lr\n", [], ["malformed YAML", "line", "fix the syntax"]),
+    "unknown-spec-key": (_spec().replace("space:", "spaces:"), [], ["unknown sweep spec key 'spaces'", "valid keys"]),
+    "unknown-setting": (None, ["--set", "tune.num_sample=3"], ["tune.num_sample", "did you mean tune.num_samples"]),
+    "space-key-not-a-field": (_spec("  meta.inner_lrr: {uniform: [0.1, 0.5]}\n"), [],
+                              ["'meta.inner_lrr' is not a config field", "did you mean meta.inner_lr"]),
+    "low-above-high": (_spec("  meta.inner_lr: {uniform: [0.5, 0.1]}\n"), [], ["meta.inner_lr", "needs low < high"]),
+    "low-equals-high": (_spec("  meta.inner_lr: {uniform: [0.1, 0.1]}\n"), [], ["meta.inner_lr", "needs low < high"]),
+    "log-low-zero": (_spec("  meta.inner_lr: {loguniform: [0, 0.1]}\n"), [],
+                     ["loguniform", "needs a positive low bound, got 0"]),
+    "log-low-negative": (_spec("  meta.inner_steps: {logint: [-2, 8]}\n"), [], ["logint", "positive low bound"]),
+    "arity-short": (_spec("  meta.inner_lr: {uniform: [0.1]}\n"), [], ["uniform takes [low, high]", "[0.1]"]),
+    "arity-long": (_spec("  meta.inner_lr: {quniform: [0.1, 0.5]}\n"), [], ["quniform takes [low, high, step]"]),
+    "unknown-kind": (_spec("  meta.inner_lr: {normal: [0.1, 0.5]}\n"), [],
+                     ["unknown distribution 'normal'", "use one of", "loguniform"]),
+    "not-a-distribution": (_spec("  meta.inner_lr: 0.1\n"), [], ["meta.inner_lr", "write one distribution as"]),
+    "bound-invalid-for-config": (_spec("  hard_tasks.ratio: {uniform: [0.0, 1.0]}\n"), [],
+                                 ["hard_tasks.ratio", "1.0", "must be in [0, 1)"]),
+    "fractions-for-int-field": (_spec("  meta.inner_steps: {uniform: [2, 8]}\n"), [],
+                                ["meta.inner_steps takes whole numbers", "use {int: [low, high]}"]),
+    "zero-samples": (None, ["--set", "tune.num_samples=0"], ["tune.num_samples = 0", "must be at least 1"]),
+    "gpu-above-one": (None, ["--set", "resources.gpu=1.5"], ["resources.gpu = 1.5", "fraction of one GPU in (0, 1]"]),
+    "gpu-negative": (None, ["--set", "resources.gpu=-0.25"], ["resources.gpu = -0.25", "(0, 1]"]),
+    "val-acc-not-every-epoch": (None, ["--set", "eval.val_every=2"], ["eval.val_every = 2", "set eval.val_every=1"]),
+    "ray-unreachable": (None, ["--address", "127.0.0.1:{port}"],
+                        ["Ray cluster at 127.0.0.1:", "unreachable", "ray start --head", "drop --address"]),
+    "mlflow-unreachable": (None, ["--set", "mlflow.tracking_uri=http://127.0.0.1:{port}"],
+                           ["MLflow tracking URI http://127.0.0.1:", "unreachable", "mlflow server"]),
+    "missing-dataset-root": ("base: mini_1shot\nconfig: {data: {root: /nonexistent/mini}}\nspace:\n" + SPACE_OK, [],
+                             ["miniImageNet not found under /nonexistent/mini", "expected ROOT/"]),
+    "dataset-root-unset": ("base: mini_1shot\nspace:\n" + SPACE_OK, [],
+                           ["data.root is not set", "--set data.root="]),
+    "spec-missing": ("MISSING", [], ["not found", "give the path of a YAML file"]),
+}
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
+    env.update(RAY_ENV)
+    env["RAY_TMPDIR"] = str(tmp / "raytmp")  # Ray, were it started, would create raytmp/ray
+    return env
+
+
+def _launch(case: str, tmp: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    text, extra, _ = CASES[case]
+    cwd = tmp / case
+    cwd.mkdir()
+    if text is None:
+        spec = str(SMOKE)
+    elif text == "MISSING":
+        spec = str(cwd / "nope.yaml")
+    else:
+        (cwd / "spec.yaml").write_text(text)
+        spec = "spec.yaml"
+    port = closed_port()
+    args = [a.format(port=port) for a in extra]
+    proc = subprocess.run([sys.executable, str(LAUNCH), spec, "--storage", "results", *args], cwd=cwd,
+                          env=_env(cwd), capture_output=True, text=True, timeout=120, check=False)
+    return proc, cwd
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad-input")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {case: pool.submit(_launch, case, tmp) for case in CASES}
+        return {case: f.result() for case, f in futures.items()}
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_fails_in_one_line_before_ray_starts(case, outcomes):
+    proc, cwd = outcomes[case]
+    words = CASES[case][2]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    assert proc.stdout == ""
+    # nothing written: no storage folder, no MLflow store, no Ray session
+    left = sorted(p.name for p in cwd.iterdir() if p.name != "spec.yaml")
+    assert left == [], left
+
+
+@pytest.mark.timeout(60)
+def test_dry_run_prints_the_resolved_sweep_and_starts_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, str(LAUNCH), str(SMOKE), "--storage", "results", "--dry-run",
+                           "--set", "meta.epochs=5", "--set", "resources.gpu=0.25", "--set", "resources.cpu=2"],
+                          cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "base config (resolved):" in out
+    assert "    epochs: 5" in out  # meta.epochs override
+    assert "    recipe: pt" in out and "    momentum: 0.9" in out  # pretraining recipe filled in
+    assert "search space:\n  meta.inner_lr: loguniform[0.02, 0.5]\n  meta.inner_steps: int[3, 12]" in out
+    assert "resources per trial: 2 CPU, 0.25 GPU (falls back to CPU when the cluster has no GPU)" in out
+    assert "search: optuna (seed 0), 6 trials, max concurrent 2" in out
+    assert "scheduler: asha on epoch, grace 1, reduction 2, max_t 5" in out
+    assert f"storage: {tmp_path / 'results' / 'smoke'}" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- spec checks that protect a running sweep (in-process, no Ray) -------------------------------
+
+def _load(tmp_path, space: str, overrides=()):
+    from mtl.tune.spec import load_spec
+
+    path = tmp_path / "s.yaml"
+    path.write_text(_spec(space))
+    return load_spec(path, list(overrides))
+
+
+def test_max_t_covers_the_longest_trial_of_the_space(tmp_path):
+    spec = _load(tmp_path, "  meta.epochs: {int: [2, 7]}\n", ["meta.epochs=3"])
+    assert spec.max_t == 7  # not the base's 3: ASHA would cut the 7-epoch trials at 3
+    # updates: normal batches plus the hard ones on top, at the largest hard-task ratio searched
+    spec = _load(tmp_path, "  hard_tasks.ratio: {uniform: [0.0, 0.5]}\n",
+                 ["meta.epochs=4", "meta.batches_per_epoch=10", "tune.time_attr=updates"])
+    assert spec.max_t >= 4 * 10 / (1 - 0.5)
+    assert _load(tmp_path, SPACE_OK, ["meta.epochs=4", "tune.max_t=2"]).max_t == 2
+
+
+def test_quantised_distribution_on_int_field_needs_whole_steps(tmp_path):
+    assert _load(tmp_path, "  meta.inner_steps: {quniform: [2, 10, 2]}\n").space["meta.inner_steps"].kind == "quniform"
+    with pytest.raises(ConfigError, match="takes whole numbers"):
+        _load(tmp_path, "  meta.inner_steps: {quniform: [2, 10, 0.5]}\n")
+    assert _load(tmp_path, "  meta.inner_lr: {int: [1, 3]}\n").space  # ints are fine for a float field
+
+
+def test_val_every_is_fine_for_a_metric_reported_every_epoch(tmp_path):
+    spec = _load(tmp_path, SPACE_OK, ["eval.val_every=2", "tune.metric=best_val_acc"])
+    assert spec.base.eval.val_every == 2
+    with pytest.raises(ConfigError, match="eval.val_every"):
+        _load(tmp_path, "  eval.val_every: {int: [1, 2]}\n")
+
+
+def test_resume_must_repeat_the_first_launch(tmp_path):
+    """--resume with other settings than the first launch fails before Ray starts (the restored
+    trials would silently get the new base config, the restored searcher the old settings)."""
+    from mtl.tune.study import SPEC_FILE, _identity, _write_json, preflight
+
+    over = [f"storage={tmp_path / 'res'}", "mlflow.enabled=false", "meta.epochs=3"]
+    spec = _load(tmp_path, SPACE_OK, over)
+    exp = spec.experiment_dir
+    exp.mkdir(parents=True)
+    _write_json(exp / SPEC_FILE, _identity(spec))
+    # stopped before Ray Tune saved state (no tuner.pkl): --resume starts the trials afresh
+    assert preflight(spec, resume=True).resume is False
+    (exp / "tuner.pkl").write_bytes(b"")
+    assert preflight(spec, resume=True).resume is False  # nor before its first state snapshot
+    (exp / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    assert preflight(spec, resume=True).resume is True
+    with pytest.raises(ConfigError, match=r"meta\.epochs \(3 -> 4\).*repeat the first launch"):
+        preflight(_load(tmp_path, SPACE_OK, [*over, "meta.epochs=4"]), resume=True)
+    with pytest.raises(ConfigError, match="num_samples"):
+        preflight(_load(tmp_path, SPACE_OK, [*over, "tune.num_samples=3"]), resume=True)
+    with pytest.raises(ConfigError, match="already exists.*--resume"):
+        preflight(spec)

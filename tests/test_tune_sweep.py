@@ -1,0 +1,300 @@
+"""Real sweeps through ``mtl.tune.study.run_sweep`` on one local Ray for the module (2 CPUs and a
+fake GPU: ecosystem.md §1.4), one SQLite MLflow store, tiny synthetic data.
+
+* the smoke sweep end to end: Optuna proposals, ASHA stops, one shared pretraining, MLflow
+  parent/children with per-epoch histories, summary.json and a winner above chance;
+* ``resources.gpu: 0.25`` packs four trials on the one GPU at once, and trials that share a
+  pretraining setup build it once between them while running concurrently;
+* a trial process killed mid-epoch is retried from its checkpoint (FailureConfig);
+* a sweep stopped by SIGTERM (as by Ctrl+C) is reported as interrupted, without a test of a
+  winner, and left resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from tune_support import RAY_ENV, SMOKE, TINY, descendants, overlap, restarts, results, trial_dirs
+
+ray = pytest.importorskip("ray")
+mlflow = pytest.importorskip("mlflow")
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    # a short temp dir of its own: Ray's socket paths must stay under 108 bytes, and other Ray
+    # clusters on this machine must not be touched
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in RAY_ENV.items():
+            mp.setenv(key, value)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        if ray.is_initialized():
+            ray.shutdown()
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=256 * 2**20, _temp_dir=temp)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite MLflow store for the module (a fresh database costs seconds of migrations)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def _spec(tmp_path, store, overrides, text=None):
+    from mtl.tune.spec import load_spec
+
+    path = SMOKE
+    if text is not None:
+        path = tmp_path / "spec.yaml"
+        path.write_text(text)
+    return load_spec(path, [*TINY, f"storage={tmp_path / 'results'}", f"mlflow.tracking_uri={store}", *overrides])
+
+
+def _runs(store, name):
+    client = mlflow.MlflowClient(store)
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def _watch(exp: Path, ready, action, timeout: float = 120):
+    """Run ``action()`` from a thread once ``ready(exp)`` holds (polled every 50 ms)."""
+    fired = threading.Event()
+
+    def loop():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ready(exp):
+                action()
+                fired.set()
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return fired
+
+
+@pytest.mark.timeout(300)
+def test_smoke_sweep_end_to_end(ray_local, store, tmp_path):
+    from mtl.tune.study import run_sweep
+
+    epochs = 4
+    spec = _spec(tmp_path, store, [f"meta.epochs={epochs}", "tune.num_samples=6"])
+    assert spec.tune.scheduler == "asha" and spec.tune.searcher == "optuna" and spec.tune.max_concurrent == 2
+    summary = run_sweep(spec)
+    exp = spec.experiment_dir
+    trials = summary["trials"]
+
+    # a real search: six distinct Optuna proposals inside the space, ASHA stopped some early
+    assert len(trials) == 6 and not any(t["error"] for t in trials)
+    configs = {tuple(sorted(t["config"].items())) for t in trials}
+    assert len(configs) == 6
+    for t in trials:
+        c = t["config"]
+        assert set(c) == set(spec.space)
+        assert 0.02 <= c["meta.inner_lr"] <= 0.5 and 3 <= c["meta.inner_steps"] <= 12
+        assert c["hard_tasks.ratio"] in (0.0, 0.3333333333)
+    stopped = [t for t in trials if t["stopped_early"]]
+    assert stopped and all(t["outcome"] == "stopped_early" and t["epoch"] < epochs for t in stopped)
+    assert any(t["outcome"] == "completed" and t["epoch"] == epochs for t in trials)
+    # one entry per trial with its final metrics and its curve
+    for t in trials:
+        assert 0 <= t["val_acc"] <= 1 and t["best_val_acc"] >= t["val_acc"] and t["train_loss"] > 0
+        assert [h["epoch"] for h in t["history"]] == list(range(1, t["epoch"] + 1))
+        assert t["checkpoint"] and Path(t["checkpoint"]).is_dir()
+
+    # the winner: best validation accuracy, tested once, far enough above chance (5-way: 0.2)
+    best = summary["best"]
+    assert best["config"] in [t["config"] for t in trials]
+    assert best["val_acc"] == max(t["best_val_acc"] for t in trials)
+    assert best["test_episodes"] == 40 and 0 < best["test_ci95"] < 0.1
+    assert best["test_acc"] - best["test_ci95"] > 0.2, best
+    on_disk = json.loads((exp / "summary.json").read_text())
+    assert on_disk["best"]["test_acc"] == best["test_acc"] and len(on_disk["trials"]) == 6
+    assert (exp / "best" / "meta_state.pt").is_file() and (exp / "best" / "config.yaml").is_file()
+
+    # pretraining: one shared entry, built once (by the driver, before the trials); every
+    # trial found it in the cache
+    builds = [json.loads(x) for x in (exp / "pretrain_cache" / "builds.log").read_text().splitlines()]
+    assert len(builds) == 1 and builds[0]["built_by"] == "driver"
+    entry = json.loads((exp / "pretrain_cache" / builds[0]["key"] / "info.json").read_text())
+    dirs = trial_dirs(exp)
+    assert sorted(dirs) == sorted(t["trial_id"] for t in trials)
+    for d in dirs.values():
+        rows = results(d)
+        assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+        assert {r["pretrain_built"] for r in rows} == {0}
+        assert all(r["pretrain_val_acc"] == pytest.approx(entry["val_acc"]) for r in rows)
+
+    # MLflow: one parent, one child per trial with every epoch's metrics and its outcome
+    client, parents, children = _runs(store, spec.name)
+    assert [p.info.run_id for p in parents] == [summary["mlflow"]["parent_run_id"]]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_test_acc"] == pytest.approx(best["test_acc"])
+    assert parent.data.metrics["trials"] == 6 and parent.data.metrics["stopped_early"] == len(stopped)
+    by_trial = {c.data.tags["trial_id"]: c for c in children}
+    assert len(children) == 6 and sorted(by_trial) == sorted(t["trial_id"] for t in trials)
+    for t in trials:
+        child = by_trial[t["trial_id"]]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED" and child.data.tags["outcome"] == t["outcome"]
+        history = client.get_metric_history(child.info.run_id, "val_acc")
+        assert [m.step for m in history] == list(range(1, t["epoch"] + 1))
+        assert history[-1].value == pytest.approx(t["val_acc"])
+        assert float(child.data.params["meta.inner_lr"]) == pytest.approx(t["config"]["meta.inner_lr"])
+
+
+@pytest.mark.timeout(300)
+def test_quarter_gpus_run_four_trials_at_once_and_share_pretraining(ray_local, store, tmp_path):
+    """cpu=0.25 would let eight trials run on the two CPUs: the GPU fraction is what limits them
+    to four. The space holds a pretraining field, so trials build the shared entries
+    themselves, concurrently, under the cache's file lock."""
+    from mtl.tune.study import run_sweep
+
+    text = """name: quarter
+base: synthetic
+space:
+  meta.inner_lr: {loguniform: [0.02, 0.5]}
+  pretrain.lr: {choice: [0.05, 0.1]}
+tune: {num_samples: 5, scheduler: none, n_startup_trials: 5}
+resources: {cpu: 0.25, gpu: 0.25}
+"""
+    # four trials share two cores here: as little work per trial as shows the point
+    spec = _spec(tmp_path, store, ["pretrain.epochs=2", "meta.epochs=2", "meta.batches_per_epoch=2"], text)
+    summary = run_sweep(spec)
+    assert summary["resources"] == {"cpu": 0.25, "gpu": 0.25}
+    trials = summary["trials"]
+    assert len(trials) == 5 and all(t["outcome"] == "completed" and t["epoch"] == 2 for t in trials)
+
+    # concurrency from the results: a trial surely ran from (its first report - the time it had
+    # run by then) to its last report; Ray's timestamps are whole seconds, so take the inner bounds
+    dirs = trial_dirs(spec.experiment_dir)
+    surely = []
+    for d in dirs.values():
+        rows = results(d)
+        surely.append((rows[0]["timestamp"] + 1 - rows[0]["time_total_s"], rows[-1]["timestamp"]))
+    assert overlap(surely) == 4, surely
+
+    # each pretraining setup was built exactly once, by one of the trials that needed it
+    builds = [json.loads(x) for x in (spec.experiment_dir / "pretrain_cache" / "builds.log").read_text().splitlines()]
+    keys = [b["key"] for b in builds]
+    assert len(keys) == len(set(keys)) == len({t["config"]["pretrain.lr"] for t in trials})
+    builders = {tid for tid, d in dirs.items() if results(d)[0]["pretrain_built"] == 1}
+    assert builders == {b["built_by"] for b in builds}
+    for lr in {t["config"]["pretrain.lr"] for t in trials}:
+        sharing = [t["trial_id"] for t in trials if t["config"]["pretrain.lr"] == lr]
+        assert len(builders & set(sharing)) == 1, (lr, sharing, builders)
+
+
+def test_gpu_request_without_gpus_falls_back_to_cpu(monkeypatch, caplog, tmp_path):
+    """The decision itself (the subprocess resume test runs such a sweep to the end on a
+    local Ray without GPUs)."""
+    from mtl.tune import study
+    from mtl.tune.spec import load_spec
+
+    spec = load_spec(SMOKE, ["resources.gpu=0.25", f"storage={tmp_path}"])
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with caplog.at_level(logging.WARNING, logger="mtl.tune.study"):
+        assert study.trial_resources(spec) == {"cpu": 1.0, "gpu": 0.0}
+    assert "no GPU: running trials on CPU" in caplog.text
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
+    assert study.trial_resources(spec) == {"cpu": 1.0, "gpu": 0.25}
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")  # a trial works in .../<sweep>/working_dirs/<trial>
+    except OSError:
+        return ""
+
+
+@pytest.mark.timeout(240)
+def test_trial_killed_mid_epoch_is_retried_from_its_checkpoint(ray_local, store, tmp_path):
+    from mtl.tune.study import run_sweep
+
+    epochs = 4
+    spec = _spec(tmp_path, store, ["name=retry", f"meta.epochs={epochs}", "meta.batches_per_epoch=6",
+                                   "tune.num_samples=1", "tune.scheduler=none", "tune.max_failures=1"])
+    killed: list[int] = []
+
+    def second_checkpoint(exp):
+        return any(exp.glob("trial_*/checkpoint_000001/meta_state.pt"))
+
+    def kill_trial():
+        time.sleep(0.3)  # into the third epoch's training
+        pids = [pid for pid, cmd in descendants(os.getpid()).items()
+                if cmd.startswith("ray::ImplicitFunc") and "/retry/working_dirs/" in _cwd(pid)]
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        killed.extend(pids)
+
+    fired = _watch(spec.experiment_dir, second_checkpoint, kill_trial)
+    summary = run_sweep(spec)
+    assert fired.is_set() and len(killed) == 1, killed
+
+    (trial,) = summary["trials"]
+    assert trial["outcome"] == "completed" and trial["epoch"] == epochs
+    rows = results(trial_dirs(spec.experiment_dir)[trial["trial_id"]])
+    epochs_seen = [r["epoch"] for r in rows]
+    (retry,) = restarts(rows)  # one restart: the retry
+    assert 2 <= epochs_seen[retry] <= epochs, epochs_seen  # continued after a checkpoint, not from epoch 1
+    assert epochs_seen[retry:] == list(range(epochs_seen[retry], epochs + 1))
+    assert 1 not in epochs_seen[retry:]
+    assert epochs_seen[:retry] == list(range(1, retry + 1))
+    # its training state came back too: the counts of outer updates go on from the checkpoint
+    assert rows[retry]["updates"] > rows[0]["updates"]
+    builds = (spec.experiment_dir / "pretrain_cache" / "builds.log").read_text().splitlines()
+    assert len(builds) == 1  # the retry found the pretraining in the cache
+
+    _, parents, children = _runs(store, "retry")
+    assert len(parents) == 1 and len(children) == 1
+    child = children[0]
+    assert child.data.tags["retries"] == "1" and child.data.tags["outcome"] == "completed"
+    assert child.info.status == "FINISHED"
+
+
+@pytest.mark.timeout(240)
+def test_interrupted_sweep_is_reported_and_left_resumable(ray_local, store, tmp_path):
+    """SIGTERM (``ray job stop``, a batch scheduler) stops a sweep like Ctrl+C: Ray Tune saves its
+    state and returns early, the driver reports the interruption instead of testing a winner of
+    a partial sweep, and closes its MLflow runs as KILLED. (Resuming is the subprocess test's job;
+    the signal is sent once trials run, when run_sweep has made SIGTERM Ctrl+C for Ray Tune.)"""
+    from ray import tune
+
+    from mtl.tune import SweepInterrupted
+    from mtl.tune.study import run_sweep
+
+    spec = _spec(tmp_path, store, ["name=interrupt", "meta.epochs=4", "tune.num_samples=2", "tune.scheduler=none"])
+    exp = spec.experiment_dir
+    fired = _watch(exp, lambda e: any(e.glob("trial_*/checkpoint_000000")),
+                   lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(SweepInterrupted, match=r"interrupted with 0 of 2 trials finished; its state is saved in"):
+        run_sweep(spec)
+    assert fired.is_set()
+    assert not (exp / "summary.json").exists() and not (exp / "best").exists()
+    assert tune.Tuner.can_restore(str(exp))
+    _, parents, children = _runs(store, "interrupt")
+    assert len(parents) == 1 and parents[0].info.status == "KILLED"
+    assert len(children) == 2
+    assert all(c.data.tags.get("outcome") == "interrupted" and c.info.status == "KILLED" for c in children)

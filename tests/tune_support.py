@@ -1,0 +1,155 @@
+"""Helpers shared by the Ray Tune sweep tests (tests/test_tune_*.py); not a test module."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = ROOT / "launch" / "tune.py"
+SMOKE = ROOT / "search_spaces" / "smoke.yaml"
+
+# The smoke sweep shrunk to seconds per trial on a 2-core CPU; the winner still tests far above
+# chance (about 50% 5-way 1-shot against 20%).
+TINY = [
+    "data.synthetic.train_classes=24", "data.synthetic.val_classes=6", "data.synthetic.test_classes=6",
+    "data.synthetic.images_per_class=30",
+    "pretrain.epochs=4", "pretrain.batch_size=32", "pretrain.val_episodes=20", "pretrain.probe_steps=10",
+    "meta.batches_per_epoch=4", "hard_tasks.window=3",
+    "eval.val_episodes=20", "eval.episodes=40", "eval.inner_steps=10", "eval.batch_episodes=8",
+    "runtime.progress=false",
+]
+
+# Environment of every Ray process the tests start (ecosystem.md §1.11, §1.12).
+RAY_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on (bound once, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def results(trial_dir: Path) -> list[dict[str, Any]]:
+    """Every result the driver received for a trial, in order (Ray's result.json, one per line)."""
+    path = Path(trial_dir) / "result.json"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def trial_dirs(exp: Path) -> dict[str, Path]:
+    """trial id -> its folder (study.py names them trial_<id>)."""
+    return {p.name.removeprefix("trial_"): p for p in Path(exp).glob("trial_*") if p.is_dir()}
+
+
+def restarts(rows: list[dict[str, Any]]) -> list[int]:
+    """Indices of the results that open a restored run of the trial (after a retry or a resume):
+    Ray restarts its iterations_since_restore count there."""
+    return [i for i, r in enumerate(rows) if i > 0 and r["iterations_since_restore"] == 1]
+
+
+def tune_state(exp: Path) -> dict[str, dict[str, Any]] | None:
+    """trial id -> {status, epoch, checkpoint} from Ray Tune's latest experiment-state snapshot."""
+    files = sorted(Path(exp).glob("experiment_state-*.json"))
+    if not files:
+        return None
+    try:
+        state = json.loads(files[-1].read_text())
+    except (OSError, ValueError):  # caught mid-write
+        return None
+    out = {}
+    for trial, meta in state["trial_data"]:
+        trial = json.loads(trial) if isinstance(trial, str) else trial
+        meta = json.loads(meta) if isinstance(meta, str) else meta
+        last = meta.get("last_result") or {}
+        out[trial["trial_id"]] = {"status": trial["status"], "epoch": last.get("epoch"),
+                                  "checkpoint": last.get("checkpoint_dir_name")}
+    return out
+
+
+def overlap(intervals: list[tuple[float, float]]) -> int:
+    """Most intervals that share one instant."""
+    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals], key=lambda e: (e[0], e[1]))
+    best = now = 0
+    for _, step in events:
+        now += step
+        best = max(best, now)
+    return best
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+def _proc_stat(pid: str) -> tuple[int, int, str] | None:
+    """(parent pid, session id, command line) of a live process, None if gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[1]), int(fields[3]), cmd
+
+
+def session_processes(sid: int) -> dict[int, str]:
+    """Live processes of the session that ``sid`` leads (a subprocess started with
+    start_new_session=True: its local Ray and its trial workers stay in that session)."""
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        info = _proc_stat(pid)
+        if info and info[1] == sid:
+            out[int(pid)] = info[2]
+    return out
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Live descendants of process ``root`` -> command line."""
+    parent = {}
+    cmds = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        info = _proc_stat(pid)
+        if info:
+            parent[int(pid)], cmds[int(pid)] = info[0], info[2]
+    out = {}
+    for pid in parent:
+        p = pid
+        while p in parent and p != root and p > 1:
+            p = parent[p]
+        if p == root and pid != root:
+            out[pid] = cmds[pid]
+    return out
+
+
+def kill_session(sid: int, wait_s: float = 10.0) -> dict[int, str]:
+    """SIGKILL every process of session ``sid``; returns what was still alive before the kill."""
+    left = session_processes(sid)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + wait_s
+    while session_processes(sid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def wait_gone(sid: int, wait_s: float) -> dict[int, str]:
+    """Processes of session ``sid`` still alive after up to ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    while (left := session_processes(sid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
