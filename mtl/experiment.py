@@ -28,6 +28,7 @@ from mtl.config import Config, check_against_data, config_from_dict, eval_query,
 from mtl.data import load_split, split_stats
 from mtl.episodes import episode_bank
 from mtl.errors import CheckpointError, MTLError
+from mtl.typed import dotted
 from mtl.models.head import HeadInit
 from mtl.models.scale_shift import set_bn_mode
 from mtl.phases.evaluate import Embedder, evaluate
@@ -70,34 +71,28 @@ def load_backbone(path: str | Path, cfg: Config) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{path} is neither an mtl backbone checkpoint nor a state dict of tensors")
 
 
-def pretrain(cfg: Config, env: Env, data: dict[str, Any], state_path: Path | None,
-             report: Report) -> Pretrainer:
-    """Run (or continue, from ``state_path``) pretraining to the configured epoch count."""
-    trainer = Pretrainer(cfg, env, data["train"], data["val"])
+def fit(trainer: Pretrainer | MetaTrainer, state_path: Path | None, report: Report):
+    """Run a phase (or continue it from ``state_path``) to its configured epoch count,
+    checkpointing after every epoch."""
     if state_path is not None and state_path.exists():
-        trainer.load_state_dict(load_checkpoint(state_path, "pretrain"))
-        log.info("resuming pretraining after epoch %d", trainer.epoch)
+        trainer.load_state_dict(load_checkpoint(state_path, trainer.kind))
+        log.info("resuming %s after epoch %d", trainer.kind, trainer.epoch)
     while not trainer.done:
         metrics = trainer.run_epoch()
         if state_path is not None:
             save_checkpoint(state_path, trainer.state_dict())
         report(metrics)
     return trainer
+
+
+def pretrain(cfg: Config, env: Env, data: dict[str, Any], state_path: Path | None,
+             report: Report) -> Pretrainer:
+    return fit(Pretrainer(cfg, env, data["train"], data["val"]), state_path, report)
 
 
 def meta_train(cfg: Config, env: Env, data: dict[str, Any], backbone: dict[str, torch.Tensor],
                state_path: Path | None, report: Report) -> MetaTrainer:
-    """Run (or continue, from ``state_path``) meta-transfer to the configured epoch count."""
-    trainer = MetaTrainer(cfg, env, data["train"], data["val"], backbone)
-    if state_path is not None and state_path.exists():
-        trainer.load_state_dict(load_checkpoint(state_path, "meta"))
-        log.info("resuming meta-training after epoch %d", trainer.epoch)
-    while not trainer.done:
-        metrics = trainer.run_epoch()
-        if state_path is not None:
-            save_checkpoint(state_path, trainer.state_dict())
-        report(metrics)
-    return trainer
+    return fit(MetaTrainer(cfg, env, data["train"], data["val"], backbone), state_path, report)
 
 
 def evaluate_meta_checkpoint(ck: dict[str, Any], env: Env, split, cfg: Config | None = None) -> dict[str, Any]:
@@ -142,7 +137,8 @@ class RunDir:
             import yaml
 
             old = config_from_dict(yaml.safe_load(self.config.read_text()))
-            diff = [k for k, v in _flat(old.to_dict()).items() if _flat(cfg.to_dict()).get(k) != v]
+            new = dotted(cfg.to_dict())
+            diff = [k for k, v in dotted(old.to_dict()).items() if new.get(k) != v]
             if diff:
                 raise MTLError(f"--resume with a different config than {self.config} "
                                f"(differs in {', '.join(diff[:4])}); use the same config or another --out")
@@ -161,14 +157,6 @@ class RunDir:
         os.replace(tmp, self.result)
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def run_experiment(cfg: Config, out: str | Path, *, resume: bool = False,

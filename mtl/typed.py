@@ -194,6 +194,17 @@ def build(cls: type, d: Mapping[str, Any]) -> Any:
 
 
 
+def dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested plain mapping as one level of dotted keys: ``{"a": {"b": 1}} -> {"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(dotted(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     """Plain nested dict of a dataclass tree."""
     import dataclasses

@@ -166,7 +166,8 @@ def test_val_every_is_fine_for_a_metric_reported_every_epoch(tmp_path):
 def test_resume_must_repeat_the_first_launch(tmp_path):
     """--resume with other settings than the first launch fails before Ray starts (the restored
     trials would silently get the new base config, the restored searcher the old settings)."""
-    from mtl.tune.study import SPEC_FILE, _identity, _write_json, preflight
+    from mtl.tune.study import SPEC_FILE, _identity, preflight
+    from mtl.tune.summary import write_json as _write_json
 
     over = [f"storage={tmp_path / 'res'}", "mlflow.enabled=false", "meta.epochs=3"]
     spec = _load(tmp_path, SPACE_OK, over)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torchvision.ops import roi_align
 
 # (mean, std) per channel in [0, 1] units (mtl-algorithm.md §7)
 NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -52,6 +51,8 @@ def random_resized_crop_flip(
     cost is fixed: area share uniform in ``scale``, log-aspect uniform in ``ratio``, the box
     clipped to the image.
     """
+    from torchvision.ops import roi_align  # imported here: torchvision adds ~1 s to every process start
+
     n, _, h, w = x.shape
     dev = x.device
     r = torch.rand(n, 5, generator=generator, device=generator.device).to(dev)

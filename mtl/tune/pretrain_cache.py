@@ -31,6 +31,7 @@ from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.config import Config
 from mtl.data import dataset_fingerprint
 from mtl.runtime import Env
+from mtl.typed import dotted
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +47,12 @@ def affects_pretraining(key: str) -> bool:
 
 def pretrain_key(cfg: Config) -> str:
     """Hash of the dataset's content fingerprint and every field in :data:`PRETRAIN_FIELDS`."""
-    flat = _flat(cfg.to_dict())
+    flat = dotted(cfg.to_dict())
     fields = {k: v for k, v in sorted(flat.items()) if affects_pretraining(k) and k != "data.root"}
     payload = json.dumps({"dataset": dataset_fingerprint(cfg.data), "fields": fields}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 @dataclass(frozen=True)

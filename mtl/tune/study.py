@@ -24,6 +24,9 @@ from mtl.errors import ConfigError
 from mtl.tune import SweepInterrupted
 from mtl.tune.pretrain_cache import affects_pretraining
 from mtl.tune.spec import SweepSpec
+from mtl.typed import dotted
+from mtl.tune.summary import (artifacts, figures, finished_trials, flat_params, format_table,  # noqa: F401
+                              summary_metrics, trial_rows, write_json)
 
 log = logging.getLogger(__name__)
 _USER_MAX_PENDING = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")  # a user's own setting wins
@@ -76,10 +79,8 @@ SPEC_FILE = "sweep.json"  # what the first launch resolved; a resume must match 
 def _identity(spec: SweepSpec) -> dict[str, Any]:
     """What a resumed sweep must share with its first launch (Ray Tune restores the searcher,
     scheduler and trials from its own state; trials get the base config from this launch)."""
-    from mtl.tune.pretrain_cache import _flat
-
     d = spec.describe()
-    return _flat({"base": d["base_config"], "space": d["space"], "tune": d["settings"]["tune"]})
+    return dotted({"base": d["base_config"], "space": d["space"], "tune": d["settings"]["tune"]})
 
 
 def _check_same_sweep(spec: SweepSpec, path: Path) -> None:
@@ -254,60 +255,6 @@ def _remote(fn, resources: dict[str, float]):
     return ray.remote(fn).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"], max_retries=0)
 
 
-# ----------------------------------------------------------------------------- results
-
-
-def trial_rows(result_grid: Any) -> list[dict[str, Any]]:
-    """One row per trial: its searched params, final metrics and outcome."""
-    rows = []
-    for r in result_grid:
-        m = r.metrics or {}
-        epoch, planned = m.get("epoch", 0), m.get("meta_epochs")
-        outcome = "errored" if r.error else ("stopped_early" if planned and epoch < planned else "completed")
-        hist = []
-        df = r.metrics_dataframe
-        if df is not None and "epoch" in df and "val_acc" in df:
-            hist = [{"epoch": int(e), "val_acc": float(v)} for e, v in zip(df["epoch"], df["val_acc"]) if v == v]
-        rows.append({
-            "trial_id": m.get("trial_id") or Path(r.path).name,
-            "config": dict(r.config or {}),
-            "val_acc": m.get("val_acc"), "best_val_acc": m.get("best_val_acc"), "val_ci95": m.get("val_ci95"),
-            "train_loss": m.get("train_loss"), "epoch": epoch, "outcome": outcome,
-            "stopped_early": outcome == "stopped_early",
-            "error": str(r.error).splitlines()[0][:300] if r.error else None,
-            "checkpoint": r.checkpoint.path if r.checkpoint else None,
-            "history": hist,
-        })
-    return rows
-
-
-def format_table(summary: dict[str, Any], top: int = 8) -> str:
-    b = summary["best"]
-    lines = [f"sweep {summary['name']}: {len(summary['trials'])} trials "
-             f"({sum(t['outcome'] == 'completed' for t in summary['trials'])} completed, "
-             f"{sum(t['stopped_early'] for t in summary['trials'])} stopped early by ASHA, "
-             f"{sum(t['outcome'] == 'errored' for t in summary['trials'])} errored) in {summary['wall_s']:.0f} s"]
-    if b:
-        lines += [f"best trial {b['trial_id']}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in b["config"].items()),
-                  f"  val acc  {100 * b['val_acc']:.2f}%",
-                  f"  test acc {100 * b['test_acc']:.2f}% ± {100 * b['test_ci95']:.2f} "
-                  f"(95% CI, {b['test_episodes']} episodes)"]
-    keys = list(summary["space"])
-    ranked = sorted(summary["trials"], key=lambda t: -(t["best_val_acc"] or -1))[:top]
-    head = ["trial", *keys, "best_val", "epochs", "outcome"]
-    rows = [[t["trial_id"], *(_fmt(t["config"].get(k)) for k in keys),
-             f"{100 * t['best_val_acc']:.2f}" if t["best_val_acc"] is not None else "-", str(t["epoch"]),
-             t["outcome"]] for t in ranked]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    lines.append("top trials:")
-    lines += ["  " + "  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in [head, *rows]]
-    return "\n".join(lines)
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 # ----------------------------------------------------------------------------- the sweep
 
 
@@ -340,14 +287,14 @@ def _run(launch: Launch, spec: SweepSpec, start: float) -> dict[str, Any]:
     exp = spec.experiment_dir
     exp.mkdir(parents=True, exist_ok=True)
     if not (exp / SPEC_FILE).exists():
-        _write_json(exp / SPEC_FILE, _identity(spec))
+        write_json(exp / SPEC_FILE, _identity(spec))
     tracker = None
     callbacks: list[Any] = []
     if launch.tracking_uri:
         from mtl.tracking.mlflow import SweepTracker
 
         tracker = SweepTracker(launch.tracking_uri, launch.experiment, spec.name, exp / "mlflow_runs.json")
-        tracker.start(_flat_params(spec), tags={"sweep": spec.name, "spec": spec.source})
+        tracker.start(flat_params(spec), tags={"sweep": spec.name, "spec": spec.source})
         callbacks.append(tracker.callback())
     status = "FAILED"
     try:
@@ -358,7 +305,7 @@ def _run(launch: Launch, spec: SweepSpec, start: float) -> dict[str, Any]:
             log.info("shared pretraining entry %s (%s)", info["key"], info["status"])
         result_grid = build_tuner(launch, resources, callbacks).fit()
         # Ctrl+C / SIGUSR1 make Ray Tune save its state and return early: no winner to test yet
-        finished = _finished_trials(exp, result_grid)
+        finished = finished_trials(exp, result_grid)
         if finished < spec.tune.num_samples:
             status = "KILLED"
             raise SweepInterrupted(spec.name, finished, spec.tune.num_samples, exp)
@@ -373,23 +320,9 @@ def _run(launch: Launch, spec: SweepSpec, start: float) -> dict[str, Any]:
     if tracker is not None:
         summary["mlflow"] = {"tracking_uri": launch.tracking_uri, "experiment": launch.experiment,
                              "parent_run_id": tracker.parent_run_id}
-        _write_json(exp / "summary.json", summary)
-        tracker.finish(_summary_metrics(summary), artifacts=_artifacts(exp), figures=_figures(summary))
+        write_json(exp / "summary.json", summary)
+        tracker.finish(summary_metrics(summary), artifacts=artifacts(exp), figures=figures(summary))
     return summary
-
-
-def _finished_trials(exp: Path, result_grid: Any) -> int:
-    """Trials that ended (completed, stopped by the scheduler, errored) by Ray Tune's last state
-    snapshot. An interrupted Ray Tune writes that snapshot and only then marks its running trials
-    TERMINATED on the way out, so the result grid cannot tell (nor can its ``done`` flags: Ray
-    Tune drops them from the snapshot of trials that had finished before a resume)."""
-    try:
-        state = json.loads(max(exp.glob("experiment_state-*.json")).read_text())
-        trials = [json.loads(t) if isinstance(t, str) else t for t, _ in state["trial_data"]]
-        return sum(t["status"] in ("TERMINATED", "ERROR") for t in trials)
-    except (OSError, ValueError, KeyError, TypeError) as e:  # no snapshot, or Ray changed its format
-        log.warning("cannot read Ray Tune's state in %s (%s); taking the sweep as finished", exp, e)
-        return len(result_grid)
 
 
 def summarize(launch: Launch, result_grid: Any, resources: dict[str, float], wall_s: float) -> dict[str, Any]:
@@ -418,49 +351,9 @@ def summarize(launch: Launch, result_grid: Any, resources: dict[str, float], wal
     summary = {"name": spec.name, "spec": spec.source, "metric": spec.tune.metric,
                "space": {k: {d.kind: list(d.args)} for k, d in spec.space.items()},
                "resources": resources, "best": best, "trials": rows, "wall_s": wall_s}
-    _write_json(exp / "summary.json", summary)
+    write_json(exp / "summary.json", summary)
     if best is None:
         log.error("no trial produced a checkpoint; see the errors in %s/summary.json", exp)
     return summary
 
 
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
-
-
-def _flat_params(spec: SweepSpec) -> dict[str, Any]:
-    from mtl.tune.pretrain_cache import _flat
-
-    params = {f"base.{k}": v for k, v in _flat(spec.base.to_dict()).items()}
-    params.update({f"space.{k}": f"{d.kind}{list(d.args)}" for k, d in spec.space.items()})
-    params.update({f"tune.{k}": v for k, v in _flat(json.loads(json.dumps(spec.describe()["settings"]))).items()})
-    return params
-
-
-def _summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    b = summary["best"] or {}
-    out = {k: b[k] for k in ("val_acc", "test_acc", "test_ci95") if b.get(k) is not None}
-    out.update(trials=len(summary["trials"]), stopped_early=sum(t["stopped_early"] for t in summary["trials"]),
-               errored=sum(t["outcome"] == "errored" for t in summary["trials"]), wall_s=summary["wall_s"])
-    return {("best_" + k if k in ("val_acc", "test_acc", "test_ci95") else k): float(v) for k, v in out.items()}
-
-
-def _artifacts(exp: Path) -> dict[str, Path]:
-    names = {"summary.json": exp / "summary.json", "best/meta_state.pt": exp / "best" / "meta_state.pt",
-             "best/config.yaml": exp / "best" / "config.yaml", "best/test_accs.csv": exp / "best" / "test_accs.csv"}
-    return {k: p for k, p in names.items() if p.exists()}
-
-
-def _figures(summary: dict[str, Any]) -> dict[str, Any]:
-    from mtl.tracking import plot_param_importance, plot_validation_curves
-
-    figs = {"validation_curves.png": plot_validation_curves(
-        {t["trial_id"]: t["history"] for t in summary["trials"]})}
-    rows = [{**t["config"], summary["metric"]: t["best_val_acc"]} for t in summary["trials"]
-            if t["best_val_acc"] is not None]
-    imp = plot_param_importance(rows, list(summary["space"]), summary["metric"])
-    if imp is not None:
-        figs["param_importance.png"] = imp
-    return figs
