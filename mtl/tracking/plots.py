@@ -45,7 +45,7 @@ def plot_validation_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]],
         planned = last.get("meta_epochs")
         stopped = _number(planned) and _number(last.get(step_key)) and last[step_key] < planned
         line, = ax.plot(xs, ys, linestyle="--" if stopped else "-", alpha=0.6 if stopped else 0.9,
-                        linewidth=2.5 if label == best else 1.2, label=label)
+                        linewidth=2.5 if label == best else 1.2, marker="o", markersize=3, label=label)
         if stopped:
             ax.plot(xs[-1], ys[-1], marker="x", color=line.get_color(), markersize=8)
     ax.set_xlabel(step_key)

@@ -27,7 +27,8 @@ def trial_rows(result_grid: Any) -> list[dict[str, Any]]:
         hist = []
         df = r.metrics_dataframe
         if df is not None and "epoch" in df and "val_acc" in df:
-            hist = [{"epoch": int(e), "val_acc": float(v)} for e, v in zip(df["epoch"], df["val_acc"]) if v == v]
+            hist = [{"epoch": int(e), "val_acc": float(v), "meta_epochs": planned}
+                    for e, v in zip(df["epoch"], df["val_acc"]) if v == v]
         rows.append({
             "trial_id": m.get("trial_id") or Path(r.path).name,
             "config": dict(r.config or {}),
