@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 
 from mtl.errors import ConfigError
+from mtl.typed import dotted
 from mtl.tracking.uri import _sqlite_path, check_tracking_uri, resolve_tracking_uri  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
@@ -54,16 +55,9 @@ RAY_RESULT_KEYS = frozenset({
     "checkpoint_dir_name", "should_checkpoint", "meta_epochs",
 })
 
-def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
     """Nested dicts -> dotted keys; values as strings cut to MLflow's param length limit."""
-    flat: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_params(value, name + "."))
-        else:
-            flat[name] = str(value)[:MAX_PARAM_LENGTH]
-    return flat
+    return {k: str(v)[:MAX_PARAM_LENGTH] for k, v in dotted(params).items()}
 
 
 def result_metrics(result: Mapping[str, Any]) -> dict[str, float]:
