@@ -22,20 +22,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import yaml
 
 from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.config import Config, check_against_data, config_from_dict, eval_query, save_config
 from mtl.data import load_split, split_stats
+from mtl.data.transforms import Normalize
 from mtl.episodes import episode_bank
 from mtl.errors import CheckpointError, MTLError
-from mtl.typed import dotted
 from mtl.models.head import HeadInit
-from mtl.models.scale_shift import set_bn_mode
+from mtl.models.scale_shift import load_meta_state, set_bn_mode
 from mtl.phases.evaluate import Embedder, evaluate
 from mtl.phases.meta import MetaTrainer, build_meta_model
 from mtl.phases.pretrain import Pretrainer
 from mtl.runtime import Env, make_env
-from mtl.data.transforms import Normalize
+from mtl.typed import dotted
 
 log = logging.getLogger(__name__)
 Report = Callable[[dict[str, Any]], None]
@@ -101,8 +102,6 @@ def evaluate_meta_checkpoint(ck: dict[str, Any], env: Env, split, cfg: Config | 
     model = build_meta_model(cfg, env, ck["backbone"])
     head = HeadInit(cfg.meta.way, model.out_dim).to(env.device)
     state = ck["best_state"] or ck["current"]
-    from mtl.models.scale_shift import load_meta_state
-
     load_meta_state(model, state["model"])
     head.load_state_dict(state["head"])
     set_bn_mode(model, cfg.model.bn_mode, training=False)
@@ -134,8 +133,6 @@ class RunDir:
                 what = "a finished run" if self.result.exists() else "an unfinished run"
                 raise MTLError(f"{self.root} already holds {what}; pass --resume to continue it "
                                f"or choose another --out")
-            import yaml
-
             old = config_from_dict(yaml.safe_load(self.config.read_text()))
             new = dotted(cfg.to_dict())
             diff = [k for k, v in dotted(old.to_dict()).items() if new.get(k) != v]
