@@ -25,6 +25,7 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 from mtl.errors import ConfigError
+from mtl.files import write_text_atomic
 from mtl.typed import (apply, as_mapping, build, deep_merge, field_types, flatten, parse_override,  # noqa: F401
                        read_yaml)
 from mtl.typed import check_key as typed_check_key
@@ -268,10 +269,7 @@ def config_from_dict(tree: Mapping[str, Any]) -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def all_keys() -> list[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +29,7 @@ from mtl.data import load_split, split_stats
 from mtl.data.transforms import Normalize
 from mtl.episodes import episode_bank
 from mtl.errors import CheckpointError, MTLError
+from mtl.files import write_json_atomic
 from mtl.models.head import HeadInit
 from mtl.models.scale_shift import load_meta_state, set_bn_mode
 from mtl.phases.evaluate import Embedder, evaluate
@@ -149,9 +149,7 @@ class RunDir:
             f.write(json.dumps(metrics) + "\n")
 
     def write_result(self, result: dict[str, Any]) -> None:
-        tmp = self.result.with_name(".result.json.tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, self.result)
+        write_json_atomic(self.result, result)
 
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
+
+from mtl.files import write_json_atomic
 
 # The targets (checkable on a GPU; set for resnet25 at 80 px, bf16 + channels_last).
 PRETRAIN_MIN_RATIO = 0.85  # pretraining throughput >= 0.85 x floor throughput
@@ -140,8 +141,4 @@ def finite(x: Any) -> bool:
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    tmp.replace(path)
+    write_json_atomic(path, result)

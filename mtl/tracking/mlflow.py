@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import numbers
-import os
 import re
 import shutil
 import tempfile
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 
 from mtl.errors import ConfigError
+from mtl.files import write_json_atomic
 from mtl.typed import dotted
 from mtl.tracking.uri import _sqlite_path, check_tracking_uri, resolve_tracking_uri  # noqa: F401 (re-exported)
 
@@ -138,11 +138,7 @@ class SweepTracker:
             self.children = {**json.loads(self.state_file.read_text()).get("children", {}), **self.children}
         state = {"parent_run_id": self.parent_run_id, "experiment_id": self.experiment_id,
                  "tracking_uri": self.tracking_uri, "children": self.children}
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.state_file.parent, prefix=self.state_file.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(state, f, indent=1)
-        os.replace(tmp, self.state_file)
+        write_json_atomic(self.state_file, state)
 
     def _ensure_loaded(self) -> None:
         if not self._loaded:

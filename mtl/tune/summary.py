@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from mtl.tune.spec import SweepSpec
+from mtl.files import write_json_atomic
 from mtl.typed import dotted
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,7 @@ def finished_trials(exp: Path, result_grid: Any) -> int:
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    write_json_atomic(path, obj)
 
 
 def flat_params(spec: SweepSpec) -> dict[str, Any]:
