@@ -25,7 +25,7 @@ import yaml
 
 from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.config import Config, check_against_data, config_from_dict, eval_query, save_config
-from mtl.data import load_split, split_stats
+from mtl.data import dataset_fingerprint, index_splits, load_split, split_stats
 from mtl.data.transforms import Normalize
 from mtl.episodes import episode_bank
 from mtl.errors import CheckpointError, MTLError
@@ -43,11 +43,16 @@ Report = Callable[[dict[str, Any]], None]
 
 
 def load_data(cfg: Config, env: Env, splits: tuple[str, ...] = ("train", "val")) -> dict[str, Any]:
-    """Check episode shapes against the dataset listing, then decode (through the cache) the splits."""
-    check_against_data(cfg, split_stats(cfg.data))
-    out = {}
+    """Check episode shapes against the dataset listing, then decode (through the cache) the splits.
+
+    Returns ``{split: Split}`` plus ``"dataset_fingerprint"`` (from the same listing, for the
+    pretraining cache key), so the dataset is listed once.
+    """
+    indexes = index_splits(cfg.data)
+    check_against_data(cfg, split_stats(cfg.data, indexes))
+    out: dict[str, Any] = {"dataset_fingerprint": dataset_fingerprint(cfg.data, indexes)}
     for s in splits:
-        split = load_split(cfg.data, s, progress=env.progress)
+        split = load_split(cfg.data, s, progress=env.progress, index=indexes[s])
         out[s] = split.to(env.device) if cfg.runtime.data_on_device else split
     return out
 

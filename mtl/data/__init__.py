@@ -7,7 +7,7 @@ the on-disk cache; ``split_stats`` feeds ``config.check_against_data``; and
 reader: ``synthetic``, ``folder``, ``mini``, ``fc100`` or ``tiered``.
 """
 
-from mtl.data.datasets import dataset_fingerprint, index_split, load_split, split_stats
+from mtl.data.datasets import dataset_fingerprint, index_split, index_splits, load_split, split_stats
 from mtl.data.splits import Split, SplitIndex
 
-__all__ = ["SplitIndex", "Split", "index_split", "load_split", "split_stats", "dataset_fingerprint"]
+__all__ = ["SplitIndex", "Split", "index_split", "index_splits", "load_split", "split_stats", "dataset_fingerprint"]

@@ -99,18 +99,22 @@ def index_split(data: Data, split: str) -> SplitIndex:
     )
 
 
-def split_stats(data: Data) -> dict[str, tuple[int, int]]:
+def index_splits(data: Data) -> dict[str, SplitIndex]:
+    """The listings of all three splits (one directory scan each); pass them on to
+    :func:`split_stats`, :func:`load_split` and :func:`dataset_fingerprint` so that a large
+    dataset (tieredImageNet: 779k files, perhaps on NFS) is not listed again by each."""
+    return {split: index_split(data, split) for split in SPLITS}
+
+
+def split_stats(data: Data, indexes: dict[str, SplitIndex] | None = None) -> dict[str, tuple[int, int]]:
     """``{split: (number of classes, fewest images in a class)}``, for ``config.check_against_data``."""
-    out = {}
-    for split in SPLITS:
-        index = index_split(data, split)
-        out[split] = (len(index.class_names), min(index.counts))
-    return out
+    indexes = indexes or index_splits(data)
+    return {split: (len(ix.class_names), min(ix.counts)) for split, ix in indexes.items()}
 
 
-def load_split(data: Data, split: str, progress: bool = True) -> Split:
+def load_split(data: Data, split: str, progress: bool = True, index: SplitIndex | None = None) -> Split:
     """Decoded images of one split (uint8 ``[N, 3, S, S]``, grouped by class), via the cache."""
-    index = index_split(data, split)
+    index = index or index_split(data, split)
     if not index.cacheable:  # generated: one chunk per class, classes in parallel
         images = np.empty((index.num_images, 3, index.image_size, index.image_size), dtype=np.uint8)
         cache.decode_into(index.decoder, images, progress, f"{index.dataset}/{split}",
@@ -119,11 +123,12 @@ def load_split(data: Data, split: str, progress: bool = True) -> Split:
     return cache.load_cached(index, cache.cache_dir(data), progress)
 
 
-def dataset_fingerprint(data: Data) -> str:
+def dataset_fingerprint(data: Data, indexes: dict[str, SplitIndex] | None = None) -> str:
     """One digest of the three splits' fingerprints (keys the shared pretraining cache)."""
     h = hashlib.sha256(data.dataset.encode())
     for split in SPLITS:
-        h.update(f"|{split}:{_fingerprint(data, split)}".encode())
+        fp = indexes[split].fingerprint if indexes else _fingerprint(data, split)
+        h.update(f"|{split}:{fp}".encode())
     return h.hexdigest()
 
 

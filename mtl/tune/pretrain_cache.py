@@ -45,11 +45,11 @@ def affects_pretraining(key: str) -> bool:
     return any(key == f or (f.endswith(".") and key.startswith(f)) for f in PRETRAIN_FIELDS) or key == "data.root"
 
 
-def pretrain_key(cfg: Config) -> str:
+def pretrain_key(cfg: Config, dataset_fp: str | None = None) -> str:
     """Hash of the dataset's content fingerprint and every field in :data:`PRETRAIN_FIELDS`."""
     flat = dotted(cfg.to_dict())
     fields = {k: v for k, v in sorted(flat.items()) if affects_pretraining(k) and k != "data.root"}
-    payload = json.dumps({"dataset": dataset_fingerprint(cfg.data), "fields": fields}, sort_keys=True)
+    payload = json.dumps({"dataset": dataset_fp or dataset_fingerprint(cfg.data), "fields": fields}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -78,13 +78,14 @@ class PretrainCache:
         ck = load_checkpoint(d / "backbone.pt", "backbone")
         return Entry(key, d, ck["state"], ck.get("val_acc"), "hit")
 
-    def get_or_build(self, cfg: Config, build: Callable[[Path], dict[str, Any]], who: str = "") -> Entry:
+    def get_or_build(self, cfg: Config, build: Callable[[Path], dict[str, Any]], who: str = "",
+                     dataset_fp: str | None = None) -> Entry:
         """The entry for ``cfg``; if missing, ``build(state_path)`` makes it (one builder at a time).
 
         ``build`` gets the path of its resumable state file and returns a ``backbone`` checkpoint
         payload (:meth:`mtl.phases.pretrain.Pretrainer.backbone_payload`).
         """
-        key = pretrain_key(cfg)
+        key = pretrain_key(cfg, dataset_fp)
         if (hit := self.lookup(key)) is not None:
             return hit
         self.root.mkdir(parents=True, exist_ok=True)
@@ -133,4 +134,5 @@ def backbone_for(cfg: Config, env: Env, data: dict[str, Any], cache_root: str | 
 
         path = Path(cfg.pretrain.checkpoint)
         return Entry("", path, load_backbone(path, cfg), None, "given")
-    return PretrainCache(cache_root).get_or_build(cfg, build_with(cfg, env, data), who=who)
+    return PretrainCache(cache_root).get_or_build(cfg, build_with(cfg, env, data), who=who,
+                                                  dataset_fp=data.get("dataset_fingerprint"))
