@@ -15,8 +15,6 @@ result states every number that was used.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -189,11 +187,6 @@ class Config:
                     tree["pretrain"][k] = None
         return _validated(apply(tree, flat, Config))
 
-    def hash(self, *sections: str) -> str:
-        """Stable hash of the named sections (all when none are named)."""
-        d = self.to_dict()
-        payload = {s: d[s] for s in (sections or d)}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- loading

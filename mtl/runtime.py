@@ -57,11 +57,6 @@ def make_env(rt: Runtime) -> Env:
                progress=rt.progress and sys.stderr.isatty())
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch's global generators (dropout, initialisation). Samplers get their own generators."""
-    torch.manual_seed(seed)
-
-
 def rng_state(env: Env) -> dict[str, torch.Tensor]:
     state = {"torch": torch.get_rng_state()}
     if env.cuda:

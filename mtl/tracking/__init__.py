@@ -14,7 +14,6 @@ _EXPORTS = {
     "check_tracking_uri": "mtl.tracking.uri",
     "SweepTracker": "mtl.tracking.mlflow",
     "SweepCallback": "mtl.tracking.mlflow",
-    "NullTracker": "mtl.tracking.mlflow",
     "plot_validation_curves": "mtl.tracking.plots",
     "plot_param_importance": "mtl.tracking.plots",
 }

@@ -355,19 +355,6 @@ class SweepCallback(Callback):
         self._guard("retry", trial, self.tracker.trial_recovering)
 
 
-class NullTracker:
-    """Tracking switched off: same interface as :class:`SweepTracker`, records nothing."""
-
-    def start(self, params: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> str:
-        return ""
-
-    def callback(self) -> Callback:
-        return Callback()
-
-    def finish(self, summary: Mapping[str, Any], **kwargs: Any) -> None:
-        pass
-
-
 def _key(name: str) -> str:
     """A param/metric/tag key MLflow accepts (it refuses other characters and long keys)."""
     return re.sub(r"[^/\w.\- :]", "_", name)[:MAX_KEY_LENGTH]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mtl.checkpoint import load_checkpoint, save_checkpoint
-from mtl.config import Config, config_from_dict
+from mtl.config import config_from_dict
 from mtl.experiment import load_data, evaluate_meta_checkpoint
 from mtl.phases.meta import MetaTrainer
 from mtl.runtime import make_env
@@ -30,15 +30,11 @@ REPORTED = ("val_acc", "val_ci95", "best_val_acc", "train_loss", "train_acc", "h
             "episodes_per_s", "updates", "lr_ss", "lr_head")
 
 
-def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Config:
-    return config_from_dict(base).with_overrides(params)
-
-
 def train_mtl(params: dict[str, Any], *, base: dict[str, Any], cache_root: str) -> None:
     """Function trainable (wrap with ``tune.with_parameters(train_mtl, base=..., cache_root=...)``)."""
     from ray import tune
 
-    cfg = trial_config(base, params)
+    cfg = config_from_dict(base).with_overrides(params)
     env = replace(make_env(cfg.runtime), progress=False)
     data = load_data(cfg, env)
     trial = tune.get_context().get_trial_id() or ""
