@@ -18,8 +18,9 @@
 # it finished ("complete": false).
 #
 # Dry run of this script on a CPU (checks the script, not the GPU):
-#     BENCH_DEVICE=cpu BENCH_EXTRA="--quick --backbone tiny --image-size 16 --precision fp32 --trial-seconds 1" \
-#         OUT=/tmp/gb bash launch/gpu_bench.sh
+#     BENCH_DEVICE=cpu BENCH_EXTRA="--quick --set backbone=tiny --set image_size=16 --set precision=fp32 \
+#         --set trials.seconds=1" OUT=/tmp/gb bash launch/gpu_bench.sh
+# (BENCH_EXTRA comes last: a later --set of the same key wins; python -m mtl.bench --help lists the keys.)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
@@ -29,7 +30,8 @@ mkdir -p "$OUT"
 DEVICE=${BENCH_DEVICE:-cuda}
 read -r -a EXTRA <<<"${BENCH_EXTRA:-}"
 if [ "$DEVICE" = cuda ]; then
-    SLUG=$($PY -c "import torch, re; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name(0).lower()).strip('-'))") || {
+    SLUG=$($PY -c "import torch, re
+print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name(0).lower()).strip('-'))") || {
         echo "no CUDA device visible" >&2; exit 1; }
 else
     SLUG=$DEVICE
@@ -40,16 +42,19 @@ LOG="$STEM.log"
 {
     echo "== $(date -u +%FT%TZ) $SLUG"
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
-    $PY -c "import sys, torch, torchvision; print(sys.version.split()[0], torch.__version__, torchvision.__version__, torch.version.cuda, torch.get_num_threads())"
+    $PY -c "import sys, torch, torchvision
+print(sys.version.split()[0], torch.__version__, torchvision.__version__, torch.version.cuda, torch.get_num_threads())"
 } 2>&1 | tee -a "$LOG"
 
-COMMON=(--device "$DEVICE" --precision bf16 --channels-last --trials 4 --seconds 1.0 --trial-seconds 12)
+COMMON=(--set "device=$DEVICE" --set precision=bf16 --set channels_last=true --set trials.n=4
+        --set timing.seconds=1.0 --set trials.seconds=12)
 status=0
 for spec in "resnet25 80 270" "resnet12 84 210"; do
     read -r BB SIZE LIMIT <<<"$spec"
     echo "== $(date -u +%T) $BB @ ${SIZE} px (limit ${LIMIT} s)" | tee -a "$LOG"
     timeout --signal=INT --kill-after=15 "$LIMIT" \
-        $PY -m mtl.bench --backbone "$BB" --image-size "$SIZE" "${COMMON[@]}" --json "$STEM-$BB.json" "${EXTRA[@]}" 2>&1 | tee -a "$LOG"
+        $PY -m mtl.bench --set "backbone=$BB" --set "image_size=$SIZE" "${COMMON[@]}" --json "$STEM-$BB.json" \
+        "${EXTRA[@]}" 2>&1 | tee -a "$LOG"
     rc=${PIPESTATUS[0]}
     [ "$rc" -eq 0 ] || { echo "== $BB exited with $rc" | tee -a "$LOG"; status=$rc; }
 done

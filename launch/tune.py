@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mtl.errors import MTLError  # noqa: E402
+from mtl.errors import MTLError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = list(args.overrides) + ([f"storage={args.storage}"] if args.storage else [])
         spec = load_spec(args.spec, overrides)
-        from mtl.tune.study import describe, format_table, run_sweep  # torch: after the cheap checks
+        from mtl.tune.preflight import describe  # torch: after the cheap checks
+        from mtl.tune.summary import format_table
+        from mtl.tune.sweep import run_sweep
 
         if args.dry_run:
             print(describe(spec))

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -12,20 +11,16 @@ from typing import Any
 import torch
 
 from mtl.errors import CheckpointError
+from mtl.files import atomic_path
 
 FORMAT = 1
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (plus a format tag) to ``path``; a crash leaves the old file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    """Write ``payload`` (plus a format tag) to ``path`` atomically and durably (:func:`mtl.files.atomic_path`):
+    a crash or power loss leaves the old file intact."""
+    with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, **payload}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:

@@ -6,7 +6,6 @@ Errors in the user's input print one line (``error: ...``) and exit with status 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -53,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mtl.config import load_config
+    from mtl.configs import load_config
     from mtl.experiment import run_experiment
 
     cfg = load_config(args.config, args.overrides)
@@ -69,17 +68,18 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from mtl.checkpoint import load_checkpoint
     from mtl.config import config_from_dict
-    from mtl.experiment import load_data, evaluate_meta_checkpoint
+    from mtl.files import write_json_atomic
     from mtl.runtime import make_env
+    from mtl.trial import load_data, test_checkpoint
 
     ck = load_checkpoint(args.checkpoint, "meta")
     cfg = config_from_dict(ck["config"]).with_overrides(args.overrides)
     env = make_env(cfg.runtime)
     split = load_data(cfg, env, (args.split,))[args.split]
-    res = evaluate_meta_checkpoint(ck, env, split, cfg)
+    res = test_checkpoint(ck, cfg, env, split)
     print(f"{args.split} accuracy {100 * res['acc']:.2f}% ± {100 * res['ci95']:.2f} "
           f"(95% CI over {len(res['accs'])} episodes)")
     if args.out:
-        Path(args.out).write_text(json.dumps({f"{args.split}_acc": res["acc"], f"{args.split}_ci95": res["ci95"],
-                                              "accs": res["accs"], "config": cfg.to_dict()}, indent=1))
+        write_json_atomic(args.out, {f"{args.split}_acc": res["acc"], f"{args.split}_ci95": res["ci95"],
+                                     "accs": res["accs"], "config": cfg.to_dict()})
     return 0

@@ -18,10 +18,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Env:
+    """Where and how a trainer computes: device, precision, memory format, progress output, seed."""
+
     device: torch.device
     precision: str
     channels_last: bool
     progress: bool
+    seed: int = 0
 
     @property
     def cuda(self) -> bool:
@@ -54,7 +57,35 @@ def make_env(rt: Runtime) -> Env:
     if precision == "bf16" and device.type == "cpu":
         log.debug("bf16 autocast on CPU is slow; it is honoured but fp32 is usually faster there")
     return Env(device=device, precision=precision, channels_last=rt.channels_last,
-               progress=rt.progress and sys.stderr.isatty())
+               progress=rt.progress and sys.stderr.isatty(), seed=rt.seed)
+
+
+class RngStream:
+    """A private stream of torch's global RNG, which module initialisation and dropout draw from.
+
+    ``with stream:`` swaps the caller's global RNG state for the stream's own and swaps it back on
+    exit, keeping the stream's advanced state: a trainer that runs its work inside its stream
+    is reproducible and resumable (``state`` is checkpointed) and leaves no global state changed.
+    """
+
+    def __init__(self, env: Env, seed: int) -> None:
+        self.env = env
+        with torch.random.fork_rng(devices=self._devices()):
+            torch.manual_seed(seed)
+            self.state = rng_state(env)
+
+    def _devices(self) -> list[torch.device]:
+        return [self.env.device] if self.env.cuda else []
+
+    def __enter__(self) -> "RngStream":
+        self._fork = torch.random.fork_rng(devices=self._devices())
+        self._fork.__enter__()
+        set_rng_state(self.env, self.state)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.state = rng_state(self.env)
+        self._fork.__exit__(*exc)
 
 
 def rng_state(env: Env) -> dict[str, torch.Tensor]:

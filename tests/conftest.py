@@ -1,8 +1,11 @@
-"""Shared test settings: a session-wide data cache."""
+"""Shared fixtures: a session-wide data cache, and one local Ray per test module that needs it."""
 
 import os
+import shutil
+import tempfile
 
 import pytest
+from tune_support import RAY_ENV
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -16,3 +19,26 @@ def _cache_dir(tmp_path_factory):
         os.environ.pop("MTL_CACHE_DIR", None)
     else:
         os.environ["MTL_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray with 2 CPUs and one fake GPU (ecosystem.md §1.4), shut down after the module.
+
+    A short temp dir of its own: Ray's socket paths must stay under 108 bytes, and other Ray
+    clusters on this machine must not be touched."""
+    ray = pytest.importorskip("ray")
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in RAY_ENV.items():
+            mp.setenv(key, value)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        if ray.is_initialized():
+            ray.shutdown()
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=256 * 2**20, _temp_dir=temp)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)

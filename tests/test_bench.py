@@ -1,5 +1,6 @@
 """The speed benchmark: the CLI runs on a CPU and writes every figure with its floor and ratio;
-the timing, memory and report helpers; no Ray, MLflow or Optuna on import."""
+its settings (one declared tree, set with --set); the timing, memory and report helpers; no Ray,
+MLflow or Optuna on import."""
 
 import json
 import math
@@ -10,8 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from mtl.bench.cli import main
 from mtl.bench.report import table, targets
+from mtl.bench.settings import BenchSettings, load_settings, resolve
 from mtl.bench.timing import PeakMemory, Plan, device_info, interleaved, measure, release
+from mtl.schema import fields
 
 ROOT = Path(__file__).resolve().parents[1]
 META = [f"meta_{s}shot_{n}steps_mb{b}" for s in (1, 5) for b in (1, 4) for n in (20, 100)]
@@ -20,7 +24,8 @@ FIGURES = ["pretrain", *META, "eval_1shot_600", "eval_5shot_600"]
 
 def _bench(tmp_path, *args, timeout=240):
     out = tmp_path / "out.json"
-    cmd = [sys.executable, "-m", "mtl.bench", "--device", "cpu", "--threads", "1", "--quick", "--json", str(out), *args]
+    cmd = [sys.executable, "-m", "mtl.bench", "--set", "device=cpu", "--set", "threads=1", "--quick",
+           "--json", str(out), *args]
     proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
@@ -36,6 +41,7 @@ def _check_figure(f):
         assert f["ratio"] == pytest.approx(f["floor"] / f["value"])
 
 
+@pytest.mark.slow
 def test_quick_run_writes_every_figure_with_its_floor_and_ratio(tmp_path):
     res, stdout = _bench(tmp_path)
     assert res["complete"] and res["quick"]
@@ -46,14 +52,18 @@ def test_quick_run_writes_every_figure_with_its_floor_and_ratio(tmp_path):
     assert env["device"] == "cpu" and env["torch"] == torch.__version__ and env["threads"] == 1
     assert res["settings"]["backbone"] == "tiny" and res["settings"]["meta_gradient"] == "second order"
     assert res["targets"] is None and res["memory"] is None  # GPU-only
+    assert res["bench_settings"]["quick"] and res["bench_settings"]["device"] == "cpu"
+    assert res["bench_settings"]["pretrain"]["batch"] == 32 and res["command"][-1] == str(tmp_path / "out.json")
     m = res["figures"]["meta_5shot_100steps_mb4"]
     assert (m["images"], m["shot"], m["inner_steps"], m["meta_batch"]) == (400, 5, 100, 4)
     assert res["figures"]["eval_1shot_600"]["extrapolated"] is True
     assert "ratio" in stdout and "meta-train 5-shot 100 steps mb4" in stdout and "PASS" not in stdout
 
 
+@pytest.mark.slow
 def test_quick_run_with_concurrent_trials(tmp_path):
-    res, stdout = _bench(tmp_path, "--trials", "2", "--only", "trials", "--trial-seconds", "1", "--first-order")
+    res, stdout = _bench(tmp_path, "--set", "trials.n=2", "--set", "only=[trials]", "--set", "trials.seconds=1",
+                         "--set", "meta.first_order=true")
     f = res["figures"]["trials_2"]
     _check_figure(f)
     assert len(f["per_trial"]) == 2 and f["threads_per_trial"] == 1 and f["solo"]["episodes"] > 0
@@ -63,6 +73,7 @@ def test_quick_run_with_concurrent_trials(tmp_path):
     assert "2 trials at once vs 1 alone" in stdout
 
 
+@pytest.mark.slow
 def test_importing_the_benchmark_pulls_in_no_ray_mlflow_or_optuna():
     code = ("import sys, mtl.bench, mtl.bench.cli, mtl.bench.figures, mtl.bench.trials, mtl.bench.report; "
             "print([m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow', 'optuna')])")
@@ -129,3 +140,53 @@ def test_targets_and_table_on_a_cuda_result():
     out = table({"environment": env, "settings": settings, "figures": figs, "targets": checks, "quick": False,
                  "memory": {"peak_alloc_gb": 5.0, "peak_reserved_gb": 6.0}})
     assert out.count("PASS") == 4 and out.count("FAIL") == 2 and "NVIDIA H200" in out and "1/4 = 20.0 GB" in out
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("trails.n=4", ["unknown bench key 'trails.n'", "did you mean trials.n"]),
+    ("trials.n=-1", ["trials.n = -1", "at least 0"]),
+    ("meta.shots=[1,0]", ["meta.shots.1 = 0", "at least 1"]),
+    ("backbone=resnet18", ["backbone must be one of", "resnet25"]),
+])
+def test_a_bad_setting_exits_2_with_one_line(capsys, setting, words):
+    assert main(["--set", setting, "--quick"]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+@pytest.mark.parametrize("argv", [["--trials", "4"], ["--set", "trials.n"]])
+def test_an_old_flag_or_a_set_without_value_exits_2_with_one_line(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "KEY=VALUE" in err[0], err
+
+
+def test_help_lists_every_setting_with_its_default(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for key in fields(BenchSettings):
+        assert f"  {key} = " in out, key
+    assert "meta.shots = [1,5]" in out and "trials.n = 0" in out and "backbone = null" in out
+
+
+def test_device_and_quick_dependent_defaults_are_resolved():
+    gpu = resolve(load_settings({}), cuda_available=True)
+    assert (gpu.device, gpu.backbone, gpu.image_size, gpu.precision) == ("cuda", "resnet25", 80, "bf16")
+    assert (gpu.pretrain.batch, gpu.pretrain.steps, gpu.trials.seconds, gpu.eval.episodes) == (128, 10, 15.0, 600)
+    assert gpu.timing.warmup == 3 and gpu.timing.repeats == 5 and gpu.eval.shots == [1, 5]
+    cpu = resolve(load_settings({"quick": True, "backbone": "resnet12", "eval.batch": 8, "meta.shots": "1"}), False)
+    assert (cpu.device, cpu.image_size, cpu.precision, cpu.pretrain.steps, cpu.trials.seconds) == (
+        "cpu", 16, "fp32", 4, 1.5)
+    assert cpu.eval.batch == 8 and cpu.eval.shots == [1] and cpu.timing.seconds == 0.0
+    assert resolve(load_settings({"backbone": "resnet12"}), False).image_size == 84
+
+
+def test_asking_for_cuda_without_one_exits_2(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["--set", "device=cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: device = 'cuda' but no CUDA device is visible; set device=cpu (or auto)"

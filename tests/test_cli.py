@@ -9,7 +9,7 @@ import pytest
 
 from tiny_settings import TINY
 from mtl.cli import main
-from mtl.config import load_config
+from mtl.configs import load_config
 from mtl.experiment import run_experiment
 
 
@@ -89,16 +89,25 @@ def test_resume_with_another_config_is_refused(finished):
     (["train", "nosuchconfig"], "config 'nosuchconfig' not found"),
     (["evaluate", "/nonexistent/ckpt.pt"], "does not exist"),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
-    r = _run_cli(*args, "--out" if args[0] == "train" else "-q", *([str(tmp_path / "o")] if args[0] == "train" else []))
-    assert r.returncode == 2, r.stderr
-    err = r.stderr.strip()
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
+    code = main([*args, "--out" if args[0] == "train" else "-q", *([str(tmp_path / "o")] if args[0] == "train" else [])])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not (tmp_path / "o").exists()  # nothing half-written
 
 
-def test_corrupt_checkpoint_is_reported(tmp_path):
+def test_corrupt_checkpoint_is_reported(tmp_path, capsys):
     bad = tmp_path / "meta_state.pt"
     bad.write_bytes(b"not a checkpoint")
-    r = _run_cli("evaluate", str(bad))
-    assert r.returncode == 2 and "corrupt" in r.stderr and r.stderr.count("\n") == 1
+    assert main(["evaluate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_the_command_exits_2_with_one_line(tmp_path):
+    """The exit-2 contract of the command itself, in a real process."""
+    r = _run_cli("train", "nosuchconfig", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and r.stderr.startswith("error: config 'nosuchconfig' not found") and r.stderr.count("\n") == 1
+    assert not (tmp_path / "o").exists()

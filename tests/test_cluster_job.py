@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_settings import TINY_SWEEP
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: its `ray`, and the `python` the job driver runs
@@ -44,15 +45,7 @@ EXCLUDES = [".git", "/.venv/", "/venv/", "/data/", "/ray_results/", "/runs/", "m
 
 # The smoke sweep, shrunk to about a minute on 2 CPU cores: fewer, smaller classes, short
 # pretraining and meta-training, few evaluation episodes. Still far above chance (20%).
-SMALL = [
-    "tune.num_samples=4",
-    "data.synthetic.train_classes=16", "data.synthetic.val_classes=6", "data.synthetic.test_classes=6",
-    "data.synthetic.images_per_class=30",
-    "pretrain.epochs=3", "pretrain.batch_size=32", "pretrain.val_episodes=20", "pretrain.probe_steps=10",
-    "meta.epochs=2", "meta.batches_per_epoch=4",
-    "eval.val_episodes=20", "eval.episodes=40", "eval.inner_steps=10",
-    "runtime.progress=false",
-]
+SMALL = ["tune.num_samples=4", *TINY_SWEEP, "data.synthetic.train_classes=16", "pretrain.epochs=2", "meta.epochs=2"]
 
 
 # ----------------------------------------------------------------------------- cluster.yaml
@@ -123,7 +116,7 @@ def test_working_dir_upload_is_small(tmp_path):
     names = z.namelist()
     size = sum(i.file_size for i in z.infolist())
     assert size < 20 * 2**20, f"working dir upload is {size / 2**20:.1f} MiB"
-    for needed in ("launch/tune.py", "mtl/data/__init__.py", "mtl/tune/study.py", "search_spaces/smoke.yaml",
+    for needed in ("launch/tune.py", "mtl/data/__init__.py", "mtl/tune/sweep.py", "search_spaces/smoke.yaml",
                    "pyproject.toml"):
         assert needed in names, f"{needed} missing from the upload"
     assert any(n.startswith("tests/data/") for n in names)

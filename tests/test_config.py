@@ -3,8 +3,9 @@
 import pytest
 import yaml
 
-from mtl.config import (Config, all_keys, check_against_data, config_from_dict, find_config, load_config,
-                        packaged_configs, parse_override, save_config)
+from mtl.config import Config, all_keys, check_against_data, config_from_dict
+from mtl.configs import find_config, load_config, packaged_configs, save_config
+from mtl.schema import parse_override
 from mtl.errors import ConfigError
 
 

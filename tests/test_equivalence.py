@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mtl.bench.workload import calibrated_state
-from mtl.config import load_config
+from mtl.configs import load_config
 from mtl.data import load_split
 from mtl.data.transforms import Normalize, hflip
 from mtl.episodes import episode_bank
@@ -22,8 +22,9 @@ from mtl.models.backbones import create_backbone
 from mtl.models.head import ci95
 from mtl.models.scale_shift import set_bn_mode, ss_parameters, to_scale_shift
 from mtl.phases.evaluate import Embedder, cpu_chunk, evaluate
-from mtl.phases.meta import MetaTrainer, build_meta_model
+from mtl.phases.meta import build_meta_model
 from mtl.runtime import make_env
+from mtl.trial import meta_trainer, pretrainer
 
 OVERRIDES = [
     "data.dataset=synthetic", "data.image_size=32", "data.normalization=pt",
@@ -73,7 +74,7 @@ def _plain_adapt(fs, ys, w0, b0, steps, lr, create_graph):
 @pytest.mark.parametrize("shot,flip", [(1, False), (5, False), (1, True)])
 def test_batched_evaluation_equals_a_per_episode_loop(setup, shot, flip):
     cfg, env, _, val, state = setup
-    model = build_meta_model(cfg, env, state)
+    model = build_meta_model(cfg.model, env, state)
     set_bn_mode(model, "frozen", training=False)
     norm = Normalize(cfg.data.normalization, env.device, env.channels_last)
     bank = episode_bank(val.offsets, 5, shot, 15, 20, seed=3)  # chunks of 8, 8, 4 episodes
@@ -108,7 +109,7 @@ def test_batched_evaluation_equals_a_per_episode_loop(setup, shot, flip):
 
 def test_support_and_query_in_one_forward_equal_two_forwards(setup):
     cfg, env, train, _, state = setup
-    t = MetaTrainer(cfg, env, train, train, state)  # BN frozen, training mode, grad enabled
+    t = meta_trainer(cfg, env, {"train": train, "val": train}, state)  # BN frozen, training mode, grad enabled
     eps = t.sample()
     fs, fq = t.embed(train, eps)
     for i in range(len(eps)):
@@ -120,7 +121,7 @@ def test_support_and_query_in_one_forward_equal_two_forwards(setup):
 
 def test_transductive_embedding_uses_each_roles_own_batch_statistics(setup):
     cfg, env, train, _, state = setup
-    t = MetaTrainer(cfg.with_overrides(["model.bn_mode=batch_stats"]), env, train, train, state)
+    t = meta_trainer(cfg.with_overrides(["model.bn_mode=batch_stats"]), env, {"train": train, "val": train}, state)
     eps = t.sample()
     fs, fq = t.embed(train, eps)
     for i in range(len(eps)):
@@ -147,7 +148,7 @@ def _reference_grads(model, head, norm, images, eps, steps, lr, second_order):
 def test_outer_step_gradient_equals_a_plain_reference(setup, first_order):
     cfg, env, train, _, state = setup
     cfg = cfg.with_overrides({"meta.first_order": first_order})
-    t = MetaTrainer(cfg, env, train, train, state)
+    t = meta_trainer(cfg, env, {"train": train, "val": train}, state)
     eps = t.sample()
     ref_model, ref_head = copy.deepcopy(t.model), copy.deepcopy(t.head)
     t.outer_step(eps)  # leaves the gradients of the step in .grad
@@ -195,12 +196,11 @@ def test_channels_last_scale_shift_gradients_equal_contiguous():
 
 @pytest.mark.slow
 def test_bf16_evaluation_accuracy_within_the_fp32_confidence_interval(setup):
-    from mtl.phases.pretrain import Pretrainer
 
     cfg, env, train, val, _ = setup
     cfg = cfg.with_overrides(["pretrain.epochs=8", "pretrain.batch_size=32", "pretrain.lr=0.05",
                               "pretrain.augment=false", "pretrain.val_episodes=5"])
-    p = Pretrainer(cfg, env, train, val)
+    p = pretrainer(cfg, env, {"train": train, "val": val})
     for _ in range(cfg.pretrain.epochs):
         p.train_epoch()
     model = p.model.eval()

@@ -1,5 +1,6 @@
-"""MLflow tracking of a sweep: URI checks, parent/child runs from a real local Tuner, resume,
-and the summary figures. One Ray cluster and one SQLite store for the whole module."""
+"""MLflow tracking of a sweep: URI checks, parent/child runs from a real local Tuner, resume
+(runs found again by their tags), trial outcomes, and the summary figures. One Ray cluster and
+one SQLite store for the whole module."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from mtl.errors import ConfigError
+from mtl.errors import ConfigError, MTLError
 from mtl.tracking import (
     SweepTracker,
     check_tracking_uri,
@@ -24,6 +26,7 @@ from mtl.tracking import (
     plot_validation_curves,
     resolve_tracking_uri,
 )
+from mtl.tune.outcome import error_message, outcome, planned_epochs, result_row, trial_row
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -60,10 +63,13 @@ def test_check_rejects_bad_targets_without_creating_files(tmp_path):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    t0 = time.monotonic()
-    with pytest.raises(ConfigError, match=f"http://127.0.0.1:{port} is unreachable .*mlflow server"):
-        check_tracking_uri(f"http://127.0.0.1:{port}", timeout=2)
-    assert time.monotonic() - t0 < 2
+    waits = []
+    real = urllib.request.urlopen
+    with pytest.MonkeyPatch.context() as mp:  # the probe is bounded by the given timeout
+        mp.setattr(urllib.request, "urlopen", lambda url, timeout: waits.append(timeout) or real(url, timeout=timeout))
+        with pytest.raises(ConfigError, match=f"http://127.0.0.1:{port} is unreachable .*mlflow server"):
+            check_tracking_uri(f"http://127.0.0.1:{port}", timeout=2)
+    assert waits == [2]
     with pytest.raises(ConfigError, match="does not exist"):
         check_tracking_uri(f"sqlite:///{tmp_path}/missing/mlflow.db")
     with pytest.raises(ConfigError, match="unsupported scheme"):
@@ -91,6 +97,7 @@ def test_check_accepts_a_server_that_answers_health(monkeypatch):
         server.shutdown()
 
 
+@pytest.mark.slow
 def test_import_does_not_load_mlflow():
     code = "import sys, mtl.tracking, mtl.tracking.mlflow, mtl.tracking.plots; assert 'mlflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -108,22 +115,7 @@ def store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-                           "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}.items():
-            mp.setenv(key, value)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=256 * 2**20)
-        try:
-            yield ray
-        finally:
-            ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def sweep(ray_cluster, store, tmp_path_factory):
+def sweep(ray_local, store, tmp_path_factory):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -141,8 +133,7 @@ def sweep(ray_cluster, store, tmp_path_factory):
         for epoch in range(1, EPOCHS + 1):
             time.sleep(0.05)
             tune.report({"val_acc": config["meta.inner_lr"] + 0.01 * epoch, "val_ci95": 0.02,
-                         "train_loss": 1.0 / epoch, "epoch": epoch, "meta_epochs": EPOCHS,
-                         "hard_share": 0.25, "phase": "meta"})
+                         "train_loss": 1.0 / epoch, "epoch": epoch, "hard_share": 0.25, "phase": "meta"})
 
     class Recorder(tune.Callback):  # ground truth: what the driver saw, in order
         def __init__(self):
@@ -151,8 +142,8 @@ def sweep(ray_cluster, store, tmp_path_factory):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             self.results.setdefault(trial.trial_id, []).append(dict(result))
 
-    uri, root = store
-    tracker = SweepTracker(uri, "sweep-test", "sweep-001", root / "sweep-001.json")
+    uri, _ = store
+    tracker = SweepTracker(uri, "sweep-test", "sweep-001", planned_epochs=EPOCHS)
     parent_id = tracker.start({"base": {"meta": {"inner_lr": 0.01, "way": 5}}, "notes": "x" * 7000},
                               tags={"spec": "tiny"})
     tuner = tune.Tuner(
@@ -174,6 +165,7 @@ def _runs(uri, experiment):
     return mlflow.search_runs(experiment_names=[experiment])
 
 
+@pytest.mark.slow
 def test_sweep_makes_one_parent_and_one_child_per_trial(sweep, store):
     tracker, parent_id, results, *_ = sweep
     runs = _runs(store[0], "sweep-test")
@@ -185,9 +177,14 @@ def test_sweep_makes_one_parent_and_one_child_per_trial(sweep, store):
     assert set(children["params.meta.inner_lr"]) == {str(lr) for lr in LRS}
     assert set(children["params.model.backbone"]) == {"tiny"}
     assert "RUNNING" not in set(children["status"])
-    state = json.loads(tracker.state_file.read_text())
-    assert state["parent_run_id"] == parent_id
-    assert state["children"] == dict(zip(children["tags.trial_id"], children["run_id"]))
+    assert tracker.parent_run_id == parent_id
+    assert tracker.children == dict(zip(children["tags.trial_id"], children["run_id"]))
+    assert not list(Path(results.experiment_path).rglob("mlflow_runs*.json"))  # MLflow is the only record
+    # a tracker rebuilt from a pickle (a restored Tuner's callback) holds no ids, finds the same runs
+    rebuilt = pickle.loads(pickle.dumps(tracker))
+    assert (rebuilt.parent_run_id, rebuilt.children) == (None, {})
+    assert {tid: rebuilt.child_run(FakeTrial(tid, {}), create=False) for tid in tracker.children} == tracker.children
+    assert rebuilt.parent_run_id == parent_id
     # parent params: flattened base config, long strings cut to MLflow's limit
     parent = mlflow.MlflowClient(store[0]).get_run(parent_id)
     assert parent.data.params["base.meta.inner_lr"] == "0.01"
@@ -195,12 +192,14 @@ def test_sweep_makes_one_parent_and_one_child_per_trial(sweep, store):
     assert parent.data.tags["spec"] == "tiny"
 
 
+@pytest.mark.slow
 def test_outcomes_match_what_ray_did(sweep, store):
     results = sweep[2]
     runs = _runs(store[0], "sweep-test").set_index("params.meta.inner_lr")
     outcomes = {}
     for r in results:
         row = runs.loc[str(r.config["meta.inner_lr"])]
+        assert result_row(r, EPOCHS)["outcome"] == row["tags.outcome"]  # the summary's row says the same
         if r.error is not None:
             expected, status = "errored", "FAILED"
             assert "deliberate failure" in row["tags.error"]
@@ -212,6 +211,7 @@ def test_outcomes_match_what_ray_did(sweep, store):
     assert outcomes["errored"] == 1 and outcomes["completed"] >= 1 and outcomes["stopped_early"] >= 1
 
 
+@pytest.mark.slow
 def test_every_reported_epoch_is_in_the_metric_history(sweep, store):
     """Two trials ran at once (max_concurrent_trials=2) and no result went missing."""
     seen = sweep[3]
@@ -233,6 +233,7 @@ def test_every_reported_epoch_is_in_the_metric_history(sweep, store):
     assert any(b[0] < a[1] for a, b in itertools.pairwise(spans)), "trials never overlapped"
 
 
+@pytest.mark.slow
 def test_finish_logs_summary_artifacts_and_figures(sweep, store, tmp_path):
     tracker, parent_id, results, seen, _ = sweep
     best = results.get_best_result()
@@ -240,12 +241,12 @@ def test_finish_logs_summary_artifacts_and_figures(sweep, store, tmp_path):
     summary.write_text(json.dumps({"best": best.metrics["trial_id"]}))
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "model.pt").write_bytes(b"\0" * 8)
-    histories = {trial_id: rows for trial_id, rows in seen.items()}
+    rows = [trial_row(tid, {}, history[-1], None, EPOCHS, history=history) for tid, history in seen.items()]
     tracker.finish({"best_val_acc": best.metrics["val_acc"], "test_acc": 0.5, "test_ci95": 0.01,
                     "best_trial": best.metrics["trial_id"]},
                    artifacts={"summary.json": summary, "config/resolved.yaml": summary,
                               "winner": tmp_path / "ckpt"},
-                   figures={"val_curves": plot_validation_curves(histories)})
+                   figures={"val_curves": plot_validation_curves(rows)})
     client = mlflow.MlflowClient(store[0])
     run = client.get_run(parent_id)
     assert run.info.status == "FINISHED"
@@ -261,6 +262,7 @@ def test_finish_logs_summary_artifacts_and_figures(sweep, store, tmp_path):
     assert "RUNNING" not in set(_runs(store[0], "sweep-test")["status"])
 
 
+@pytest.mark.slow
 def test_restored_tuner_reattaches_child_runs(sweep, store):
     """Tuner.restore brings the callback back from tuner.pkl in a fresh state; the restarted
     errored trial must land in its old child run, not a new one."""
@@ -282,27 +284,24 @@ def test_restored_tuner_reattaches_child_runs(sweep, store):
 # --- resume, retries, robustness (callback hooks driven directly) ----------------------------
 
 class FakeTrial:
-    def __init__(self, trial_id, config, last_result=None, num_failures=0):
+    def __init__(self, trial_id, config, last_result=None, num_failures=0, error_file=None):
         self.trial_id, self.config, self.last_result = trial_id, config, last_result or {}
-        self.num_failures, self.path = num_failures, None
+        self.num_failures, self.path, self.error_file = num_failures, None, error_file
 
     def __str__(self):
         return f"fake_{self.trial_id}"
-
-    error_file = None
 
     def get_error(self):
         return None
 
 
 def _result(epoch, acc):
-    return {"val_acc": acc, "epoch": epoch, "meta_epochs": EPOCHS, "training_iteration": epoch}
+    return {"val_acc": acc, "epoch": epoch, "training_iteration": epoch}
 
 
-def test_resumed_sweep_reattaches_parent_and_children(store, tmp_path):
+def test_resumed_sweep_reattaches_parent_and_children(store):
     uri = store[0]
-    state = tmp_path / "state.json"
-    first = SweepTracker(uri, "resume-test", "sweep-r", state)
+    first = SweepTracker(uri, "resume-test", "sweep-r", planned_epochs=EPOCHS)
     parent_id = first.start({"meta.inner_lr": 0.01})
     cb = first.callback()
     trial = FakeTrial("t0001", {"meta.inner_lr": 0.03})
@@ -313,8 +312,8 @@ def test_resumed_sweep_reattaches_parent_and_children(store, tmp_path):
     # a new driver: the callback comes back from Ray's pickle, the launcher builds a new tracker
     cb2 = pickle.loads(pickle.dumps(cb))
     assert cb2.tracker._client is None
-    second = SweepTracker(uri, "resume-test", "sweep-r", state)
-    assert second.start({"meta.inner_lr": 0.01, "meta.way": 5}) == parent_id
+    second = SweepTracker(uri, "resume-test", "sweep-r", planned_epochs=EPOCHS)
+    assert second.start({"meta.inner_lr": 0.01, "meta.way": 5}, reattach=True) == parent_id
     cb2.on_trial_start(0, [], trial)  # the trial is restored from its checkpoint
     for epoch in (2, 3):
         cb2.on_trial_result(0, [], trial, _result(epoch, 0.4 + epoch / 100))
@@ -331,18 +330,70 @@ def test_resumed_sweep_reattaches_parent_and_children(store, tmp_path):
     assert [m.step for m in history] == [1, 2, 3]
     parent = runs[runs["run_id"] == parent_id].iloc[0]
     assert parent["params.meta.way"] == "5" and parent["status"] == "FINISHED"
-    assert json.loads(state.read_text())["children"] == {"t0001": child["run_id"]}
+    # any tracker of the sweep finds the trial's run by its tags, started or not
+    assert SweepTracker(uri, "resume-test", "sweep-r").child_run(trial, create=False) == child["run_id"]
 
 
-def test_state_file_from_another_store_fails_loudly(store, tmp_path):
-    state = tmp_path / "state.json"
-    state.write_text(json.dumps({"parent_run_id": "0" * 32, "experiment_id": "1", "children": {}}))
-    with pytest.raises(ConfigError, match="delete the state file"):
-        SweepTracker(store[0], "resume-test", "sweep-x", state).start({})
+def test_child_run_is_found_by_tags_after_the_tracker_is_rebuilt(store):
+    """A retried trial after Tuner.restore: the callback's tracker comes back from a pickle with
+    no run ids and must log into the trial's old child run, not a new one."""
+    uri = store[0]
+    tracker = SweepTracker(uri, "rebuilt-test", "sweep-p", planned_epochs=EPOCHS)
+    parent_id = tracker.start({})
+    trial = FakeTrial("t7", {"meta.inner_lr": 0.1})
+    tracker.callback().on_trial_start(0, [], trial)
+    tracker.callback().on_trial_result(0, [], trial, _result(1, 0.3))
+    child_id = tracker.children["t7"]
+
+    rebuilt = pickle.loads(pickle.dumps(tracker.callback()))  # as from tuner.pkl in a new process
+    assert rebuilt.tracker._client is None and rebuilt.tracker.children == {}
+    assert rebuilt.tracker.parent_run_id is None
+    retried = FakeTrial("t7", trial.config, num_failures=1)
+    rebuilt.on_trial_recover(0, [], retried)
+    rebuilt.on_trial_start(0, [], retried)
+    rebuilt.on_trial_result(0, [], retried, _result(2, 0.35))
+    assert rebuilt.tracker.parent_run_id == parent_id and rebuilt.tracker.children == {"t7": child_id}
+    retried.last_result = _result(EPOCHS, 0.4)
+    rebuilt.on_trial_complete(0, [], retried)
+
+    runs = _runs(uri, "rebuilt-test")
+    assert sorted(runs["run_id"]) == sorted([parent_id, child_id])  # one parent, one child
+    child = mlflow.MlflowClient(uri).get_run(child_id)
+    assert (child.data.tags["retries"], child.data.tags["outcome"], child.info.status) == ("1", "completed", "FINISHED")
+    assert [m.step for m in mlflow.MlflowClient(uri).get_metric_history(child_id, "val_acc")] == [1, 2]
 
 
-def test_interrupted_sweep_closes_running_children(store, tmp_path):
-    tracker = SweepTracker(store[0], "interrupt-test", "sweep-i", tmp_path / "state.json")
+def test_a_new_sweep_of_the_same_name_gets_a_new_parent(store):
+    """Without --resume a sweep never reuses runs (its results folder was deleted, say); a resume
+    takes the newest parent of the sweep."""
+    uri = store[0]
+    old = SweepTracker(uri, "again-test", "sweep-a").start({})
+    new = SweepTracker(uri, "again-test", "sweep-a").start({})
+    assert new != old
+    assert SweepTracker(uri, "again-test", "sweep-a").start({}, reattach=True) == new
+    assert SweepTracker(uri, "again-test", "other").start({}, reattach=True) not in (old, new)
+
+
+def test_deleted_parent_run_or_experiment_fails_loudly(store, caplog):
+    uri = store[0]
+    client = mlflow.MlflowClient(uri)
+    parent_id = SweepTracker(uri, "deleted-test", "sweep-d").start({})
+    client.delete_run(parent_id)
+    with pytest.raises(ConfigError, match=f"run {parent_id} of sweep 'sweep-d' .* is deleted; restore it"):
+        SweepTracker(uri, "deleted-test", "sweep-d").start({}, reattach=True)
+    client.restore_run(parent_id)
+    assert SweepTracker(uri, "deleted-test", "sweep-d").start({}, reattach=True) == parent_id
+    client.delete_experiment(client.get_experiment_by_name("deleted-test").experiment_id)
+    with pytest.raises(ConfigError, match="experiment 'deleted-test' is deleted; restore it"):
+        SweepTracker(uri, "deleted-test", "sweep-d").start({}, reattach=True)
+    # a resume whose first launch was not tracked here (another store, MLflow off) starts a new run
+    with caplog.at_level("WARNING", logger="mtl.tracking.mlflow"):
+        SweepTracker(uri, "elsewhere-test", "sweep-d").start({}, reattach=True)
+    assert "holds no run of sweep 'sweep-d'; starting a new one" in caplog.text
+
+
+def test_interrupted_sweep_closes_running_children(store):
+    tracker = SweepTracker(store[0], "interrupt-test", "sweep-i")
     tracker.start({})
     cb = tracker.callback()
     cb.on_trial_start(0, [], FakeTrial("t1", {"a": 1, "opt": {"betas[0]": 0.9}}))
@@ -355,23 +406,80 @@ def test_interrupted_sweep_closes_running_children(store, tmp_path):
     assert runs.loc["sweep-i", "status"] == "KILLED"
 
 
-def test_store_errors_do_not_stop_the_sweep(store, tmp_path, caplog):
-    tracker = SweepTracker(store[0], "robust-test", "sweep-e", tmp_path / "state.json")
+def test_store_errors_do_not_stop_the_sweep(store, caplog):
+    tracker = SweepTracker(store[0], "robust-test", "sweep-e")
     tracker.start({})
     tracker.children["ghost"] = "f" * 32  # a run the store does not hold
     tracker.callback().on_trial_result(0, [], FakeTrial("ghost", {}), _result(1, 0.5))
     assert "could not record result of trial fake_ghost" in caplog.text
 
 
+# --- outcomes ------------------------------------------------------------------------------
+
+DIVERGED_TRACE = """\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=41, ip=10.0.0.2, actor_id=5b8f, repr=train_mtl)
+  File "/repo/mtl/phases/meta.py", line 122, in run_epoch
+    raise MTLError(f"meta-training loss became {loss} in epoch {self.epoch + 1}; lower meta.inner_lr or the meta lrs")
+mtl.errors.MTLError: meta-training loss became nan in epoch 3; lower meta.inner_lr or the meta lrs
+"""
+
+
+def test_outcome_of_each_kind_from_hand_made_inputs():
+    assert outcome({"epoch": 4}, None, 4) == "completed"
+    assert outcome({"epoch": 2}, None, 4) == "stopped_early"
+    assert outcome({}, None, 4) == "stopped_early"  # stopped before its first report
+    assert outcome({"epoch": 2}, None, None) == "completed"  # no planned length: nothing to compare
+    assert outcome({"epoch": 2}, DIVERGED_TRACE, 4) == "diverged"
+    assert outcome({}, MTLError("pretraining loss became inf in epoch 1; lower pretrain.lr"), 4) == "diverged"
+    assert outcome({"epoch": 2}, "Traceback ...\nRuntimeError: CUDA out of memory", 4) == "errored"
+    assert outcome({"epoch": 4}, MTLError("pretraining entry abc is missing"), 4) == "errored"
+    # the planned length: the trial's searched meta.epochs, else the base config's
+    assert planned_epochs({"meta.epochs": 6, "meta.inner_lr": 0.1}, 4) == 6
+    assert planned_epochs({"meta.inner_lr": 0.1}, 4) == 4 and planned_epochs(None, 4) == 4
+    assert outcome({"epoch": 4}, None, planned_epochs({"meta.epochs": 6}, 4)) == "stopped_early"
+    assert error_message(DIVERGED_TRACE) == ("mtl.errors.MTLError: meta-training loss became nan in epoch 3; "
+                                             "lower meta.inner_lr or the meta lrs")
+    assert error_message(None) is None
+
+
+def test_trial_row_holds_the_summary_keys():
+    history = [{"epoch": e, "val_acc": 0.3 + e / 100, "train_loss": 1.0} for e in (1, 2)]
+    row = trial_row("t1", {"meta.inner_lr": 0.1}, {"epoch": 2, "val_acc": 0.32, "best_val_acc": 0.32,
+                                                  "val_ci95": 0.02, "train_loss": 0.9}, None, 4,
+                    checkpoint="/ck", history=history)
+    assert row == {"trial_id": "t1", "config": {"meta.inner_lr": 0.1}, "val_acc": 0.32, "best_val_acc": 0.32,
+                   "val_ci95": 0.02, "train_loss": 0.9, "epoch": 2, "planned_epochs": 4,
+                   "outcome": "stopped_early", "stopped_early": True, "error": None, "checkpoint": "/ck",
+                   "history": [{"epoch": 1, "val_acc": 0.31}, {"epoch": 2, "val_acc": 0.32}]}
+    failed = trial_row("t2", None, None, DIVERGED_TRACE, 4)
+    assert (failed["outcome"], failed["stopped_early"], failed["epoch"], failed["history"]) == ("diverged", False, 0, [])
+    assert failed["error"].startswith("mtl.errors.MTLError: meta-training loss became nan")
+
+
+def test_diverged_trial_is_tagged_so(store, tmp_path):
+    uri = store[0]
+    tracker = SweepTracker(uri, "diverged-test", "sweep-n", planned_epochs=EPOCHS)
+    tracker.start({})
+    cb = tracker.callback()
+    trace = tmp_path / "error.txt"
+    trace.write_text(DIVERGED_TRACE)
+    trial = FakeTrial("t9", {"meta.inner_lr": 0.5}, last_result=_result(2, 0.2), error_file=str(trace))
+    cb.on_trial_start(0, [], trial)
+    cb.on_trial_result(0, [], trial, _result(2, 0.2))
+    cb.on_trial_error(0, [], trial)
+    run = mlflow.MlflowClient(uri).get_run(tracker.children["t9"])
+    assert (run.data.tags["outcome"], run.info.status) == ("diverged", "FAILED")
+    assert run.data.tags["error"] == error_message(DIVERGED_TRACE)
+
+
 # --- figures -------------------------------------------------------------------------------
 
 def test_validation_curves_figure():
-    histories = {
-        "a": [_result(e, 0.3 + 0.05 * e) for e in range(1, 5)],
-        "b": [_result(1, 0.2)],  # stopped early by ASHA
-        "c": [],
-    }
-    fig = plot_validation_curves(histories)
+    rows = [
+        {"trial_id": "a", "history": [_result(e, 0.3 + 0.05 * e) for e in range(1, 5)], "stopped_early": False},
+        {"trial_id": "b", "history": [_result(1, 0.2)], "stopped_early": True},  # stopped early by ASHA
+        {"trial_id": "c", "history": [], "stopped_early": False},
+    ]
+    fig = plot_validation_curves(rows)
     ax = fig.axes[0]
     assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "val_acc"
     styles = {line.get_label(): line.get_linestyle() for line in ax.lines}

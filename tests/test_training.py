@@ -5,11 +5,9 @@ import torch
 
 from tiny_settings import TINY
 from mtl.checkpoint import load_checkpoint, save_checkpoint
-from mtl.config import load_config
-from mtl.experiment import load_data
+from mtl.configs import load_config
+from mtl.trial import load_data, meta_trainer, pretrainer
 from mtl.models.scale_shift import SSConv2d, ss_parameters
-from mtl.phases.meta import MetaTrainer
-from mtl.phases.pretrain import Pretrainer
 from mtl.runtime import make_env
 
 
@@ -22,7 +20,7 @@ def _setup(*extra):
 @pytest.fixture(scope="module")
 def pretrained():
     cfg, env, data = _setup()
-    p = Pretrainer(cfg, env, data["train"], data["val"])
+    p = pretrainer(cfg, env, data)
     while not p.done:
         p.run_epoch()
     return p.backbone_payload()["state"]
@@ -30,7 +28,7 @@ def pretrained():
 
 def test_pretraining_reports_and_keeps_the_best_backbone():
     cfg, env, data = _setup("pretrain.epochs=3")
-    p = Pretrainer(cfg, env, data["train"], data["val"])
+    p = pretrainer(cfg, env, data)
     hist = [p.run_epoch() for _ in range(3)]
     assert p.done and [h["epoch"] for h in hist] == [1, 2, 3]
     assert p.best_acc == max(h["val_acc"] for h in hist)
@@ -41,7 +39,7 @@ def test_pretraining_reports_and_keeps_the_best_backbone():
 
 def test_meta_training_changes_only_scale_shift_head(pretrained):
     cfg, env, data = _setup()
-    t = MetaTrainer(cfg, env, data["train"], data["val"], pretrained)
+    t = meta_trainer(cfg, env, data, pretrained)
     frozen = {k: v.clone() for k, v in t.model.state_dict().items() if not k.endswith((".scale", ".shift"))}
     learn = [p.detach().clone() for p in ss_parameters(t.model)]
     head = t.head.weight.detach().clone()
@@ -59,7 +57,7 @@ def test_meta_training_changes_only_scale_shift_head(pretrained):
 
 def test_train_affine_mode_learns_bn_affine_too(pretrained):
     cfg, env, data = _setup("model.bn_mode=train_affine")
-    t = MetaTrainer(cfg, env, data["train"], data["val"], pretrained)
+    t = meta_trainer(cfg, env, data, pretrained)
     bn = next(m for m in t.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     w = bn.weight.detach().clone()
     t.run_epoch()
@@ -70,7 +68,7 @@ def test_train_affine_mode_learns_bn_affine_too(pretrained):
                                    ["model.ss_scope=3x3", "model.scale_granularity=channel"]])
 def test_other_modes_train_and_evaluate(pretrained, extra):
     cfg, env, data = _setup(*extra, "meta.epochs=1")
-    t = MetaTrainer(cfg, env, data["train"], data["val"], pretrained)
+    t = meta_trainer(cfg, env, data, pretrained)
     m = t.run_epoch()
     assert 0.0 <= m["val_acc"] <= 1.0 and m["train_loss"] == m["train_loss"]
 
@@ -79,7 +77,7 @@ def test_second_order_scale_gradients_are_nonzero_and_differ_from_first_order(pr
     grads = {}
     for fo in (True, False):
         cfg, env, data = _setup(f"meta.first_order={str(fo).lower()}")
-        t = MetaTrainer(cfg, env, data["train"], data["val"], pretrained)
+        t = meta_trainer(cfg, env, data, pretrained)
         eps = t.sample()
         st = t.task_stats(t.train, eps, steps=cfg.meta.inner_steps, first_order=fo)
         st["loss"].mean().backward()
@@ -92,11 +90,11 @@ def test_hard_tasks_run_at_the_configured_share(pretrained):
     # two failure classes from each of 8 tasks per window: a pool of at least 5 classes (way)
     cfg, env, data = _setup("hard_tasks.ratio=0.5", "hard_tasks.window=2", "hard_tasks.top_m=2", "meta.meta_batch=4",
                             "meta.batches_per_epoch=4")
-    t = MetaTrainer(cfg, env, data["train"], data["val"], pretrained)
+    t = meta_trainer(cfg, env, data, pretrained)
     m = t.run_epoch()
     assert m["hard_share"] == pytest.approx(0.5) and t.step == 8
     cfg, env, data = _setup("hard_tasks.ratio=0")
-    off = MetaTrainer(cfg, env, data["train"], data["val"], pretrained)
+    off = meta_trainer(cfg, env, data, pretrained)
     assert off.run_epoch()["hard_share"] == 0
 
 
@@ -107,15 +105,15 @@ def _strip(history):
 def test_meta_training_resumes_exactly(pretrained, tmp_path):
     # window 3 with 4 batches per epoch: the hard-task window spans epoch boundaries
     cfg, env, data = _setup("hard_tasks.ratio=0.4")
-    full = MetaTrainer(cfg, env, data["train"], data["val"], pretrained)
+    full = meta_trainer(cfg, env, data, pretrained)
     while not full.done:
         full.run_epoch()
-    first = MetaTrainer(cfg, env, data["train"], data["val"], pretrained)
+    first = meta_trainer(cfg, env, data, pretrained)
     first.run_epoch()
     assert first.ht.count != 0  # a window is open across the checkpoint
     save_checkpoint(tmp_path / "m.pt", first.state_dict())
     torch.manual_seed(1234)  # resuming must not depend on the process's RNG state
-    second = MetaTrainer(cfg, env, data["train"], data["val"], pretrained)
+    second = meta_trainer(cfg, env, data, pretrained)
     second.load_state_dict(load_checkpoint(tmp_path / "m.pt", "meta"))
     while not second.done:
         second.run_epoch()
@@ -125,14 +123,14 @@ def test_meta_training_resumes_exactly(pretrained, tmp_path):
 
 def test_pretraining_resumes_exactly(tmp_path):
     cfg, env, data = _setup("pretrain.epochs=3", "pretrain.dropout=0.1")
-    full = Pretrainer(cfg, env, data["train"], data["val"])
+    full = pretrainer(cfg, env, data)
     while not full.done:
         full.run_epoch()
-    first = Pretrainer(cfg, env, data["train"], data["val"])
+    first = pretrainer(cfg, env, data)
     first.run_epoch()
     save_checkpoint(tmp_path / "p.pt", first.state_dict())
     torch.manual_seed(999)
-    second = Pretrainer(cfg, env, data["train"], data["val"])
+    second = pretrainer(cfg, env, data)
     second.load_state_dict(load_checkpoint(tmp_path / "p.pt", "pretrain"))
     while not second.done:
         second.run_epoch()

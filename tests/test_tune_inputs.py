@@ -1,14 +1,14 @@
 """Bad sweep input fails before Ray starts: one line on stderr naming the problem and the fix,
-exit status 2, no files. Every case is a real ``launch/tune.py`` subprocess; they run three at a
-time in one module fixture (each takes 1-3 s, mostly imports), the tests only read the outcome.
-Plus --dry-run, and the spec checks that guard the sweep at run time."""
+exit status 2, no files. Every case runs ``launch/tune.py``'s ``main`` in-process; three of them
+also run as real subprocesses, for the exit status and stderr of the command itself. Plus
+--dry-run, and the spec checks that guard the sweep at run time."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -58,7 +58,14 @@ CASES = {
     "dataset-root-unset": ("base: mini_1shot\nspace:\n" + SPACE_OK, [],
                            ["data.root is not set", "--set data.root="]),
     "spec-missing": ("MISSING", [], ["not found", "give the path of a YAML file"]),
+    "unknown-backbone-set": (None, ["--set", "model.backbone=resnet13"],
+                             ["model.backbone", "unknown backbone 'resnet13'", "did you mean resnet12"]),
+    "unknown-backbone-in-space": (_spec("  model.backbone: {choice: [tiny, resnet13]}\n"), [],
+                                  ["space model.backbone", "unknown backbone 'resnet13'", "resnet12"]),
 }
+
+
+SUBPROCESS_CASES = ("malformed-yaml", "ray-unreachable")  # the exit-2 contract end to end
 
 
 def _env(tmp: Path) -> dict[str, str]:
@@ -68,10 +75,8 @@ def _env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def _launch(case: str, tmp: Path) -> tuple[subprocess.CompletedProcess, Path]:
+def _case_args(case: str, cwd: Path) -> list[str]:
     text, extra, _ = CASES[case]
-    cwd = tmp / case
-    cwd.mkdir()
     if text is None:
         spec = str(SMOKE)
     elif text == "MISSING":
@@ -80,44 +85,59 @@ def _launch(case: str, tmp: Path) -> tuple[subprocess.CompletedProcess, Path]:
         (cwd / "spec.yaml").write_text(text)
         spec = "spec.yaml"
     port = closed_port()
-    args = [a.format(port=port) for a in extra]
-    proc = subprocess.run([sys.executable, str(LAUNCH), spec, "--storage", "results", *args], cwd=cwd,
-                          env=_env(cwd), capture_output=True, text=True, timeout=120, check=False)
-    return proc, cwd
+    return [spec, "--storage", "results", *(a.format(port=port) for a in extra)]
 
 
-@pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bad-input")
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {case: pool.submit(_launch, case, tmp) for case in CASES}
-        return {case: f.result() for case, f in futures.items()}
+def _launch_main():
+    """``main`` of launch/tune.py, loaded as a module (the script is not a package module)."""
+    loader = importlib.util.spec_from_file_location("launch_tune", LAUNCH)
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module.main
 
 
-@pytest.mark.timeout(180)
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_fails_in_one_line_before_ray_starts(case, outcomes):
-    proc, cwd = outcomes[case]
-    words = CASES[case][2]
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
-    for w in words:
+def _check(case: str, code: int, out: str, err: str, cwd: Path) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (code, err[-3000:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
+    for w in CASES[case][2]:
         assert w in lines[0], (w, lines[0])
-    assert proc.stdout == ""
+    assert out == ""
     # nothing written: no storage folder, no MLflow store, no Ray session
     left = sorted(p.name for p in cwd.iterdir() if p.name != "spec.yaml")
     assert left == [], left
 
 
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_fails_in_one_line_before_ray_starts(case, tmp_path, monkeypatch, capsys):
+    """In-process: parsing and preflight errors, the same code path as the command line."""
+    for k in [k for k in os.environ if k.startswith(("MLFLOW_", "RAY_"))]:
+        monkeypatch.delenv(k)
+    for k, v in {**RAY_ENV, "RAY_TMPDIR": str(tmp_path / "raytmp")}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(tmp_path)
+    code = _launch_main()(_case_args(case, tmp_path))
+    captured = capsys.readouterr()
+    _check(case, code, captured.out, captured.err, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("case", SUBPROCESS_CASES)
+def test_bad_input_exits_2_from_the_command_line(case, tmp_path):
+    proc = subprocess.run([sys.executable, str(LAUNCH), *_case_args(case, tmp_path)], cwd=tmp_path,
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=170, check=False)
+    _check(case, proc.returncode, proc.stdout, proc.stderr, tmp_path)
+
+
 @pytest.mark.timeout(60)
-def test_dry_run_prints_the_resolved_sweep_and_starts_nothing(tmp_path):
-    proc = subprocess.run([sys.executable, str(LAUNCH), str(SMOKE), "--storage", "results", "--dry-run",
-                           "--set", "meta.epochs=5", "--set", "resources.gpu=0.25", "--set", "resources.cpu=2"],
-                          cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=60,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+def test_dry_run_prints_the_resolved_sweep_and_starts_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = _launch_main()([str(SMOKE), "--storage", "results", "--dry-run", "--set", "meta.epochs=5",
+                           "--set", "resources.gpu=0.25", "--set", "resources.cpu=2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    out = captured.out
     assert "base config (resolved):" in out
     assert "    epochs: 5" in out  # meta.epochs override
     assert "    recipe: pt" in out and "    momentum: 0.9" in out  # pretraining recipe filled in
@@ -166,14 +186,15 @@ def test_val_every_is_fine_for_a_metric_reported_every_epoch(tmp_path):
 def test_resume_must_repeat_the_first_launch(tmp_path):
     """--resume with other settings than the first launch fails before Ray starts (the restored
     trials would silently get the new base config, the restored searcher the old settings)."""
-    from mtl.tune.study import SPEC_FILE, _identity, preflight
-    from mtl.tune.summary import write_json as _write_json
+    from mtl.tune.preflight import SPEC_FILE, preflight
+    from mtl.tune.preflight import identity as _identity
+    from mtl.files import write_json_atomic
 
     over = [f"storage={tmp_path / 'res'}", "mlflow.enabled=false", "meta.epochs=3"]
     spec = _load(tmp_path, SPACE_OK, over)
     exp = spec.experiment_dir
     exp.mkdir(parents=True)
-    _write_json(exp / SPEC_FILE, _identity(spec))
+    write_json_atomic(exp / SPEC_FILE, _identity(spec))
     # stopped before Ray Tune saved state (no tuner.pkl): --resume starts the trials afresh
     assert preflight(spec, resume=True).resume is False
     (exp / "tuner.pkl").write_bytes(b"")

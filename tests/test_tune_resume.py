@@ -58,7 +58,7 @@ def test_sweep_killed_mid_way_resumes_where_it_stopped():
     (root / "raytmp").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
     env.update(RAY_ENV, RAY_TMPDIR=str(root / "raytmp"), PYTHONUNBUFFERED="1")
-    sets = [*TINY, f"meta.epochs={EPOCHS}", f"tune.num_samples={SAMPLES}", "tune.scheduler=none", "resources.gpu=0.25"]
+    sets = [*TINY, "pretrain.epochs=2", f"meta.epochs={EPOCHS}", f"tune.num_samples={SAMPLES}", "tune.scheduler=none", "resources.gpu=0.25"]
     args = [sys.executable, str(LAUNCH), str(SMOKE), "--storage", str(root / "results")]
     for s in sets:
         args += ["--set", s]

@@ -10,20 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tiny_settings import TINY_SWEEP
+
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "tune.py"
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"
 
-# The smoke sweep shrunk to seconds per trial on a 2-core CPU; the winner still tests far above
-# chance (about 50% 5-way 1-shot against 20%).
-TINY = [
-    "data.synthetic.train_classes=24", "data.synthetic.val_classes=6", "data.synthetic.test_classes=6",
-    "data.synthetic.images_per_class=30",
-    "pretrain.epochs=4", "pretrain.batch_size=32", "pretrain.val_episodes=20", "pretrain.probe_steps=10",
-    "meta.batches_per_epoch=4", "hard_tasks.window=3",
-    "eval.val_episodes=20", "eval.episodes=40", "eval.inner_steps=10", "eval.batch_episodes=8",
-    "runtime.progress=false",
-]
+TINY = TINY_SWEEP  # the sweep tests' sizes (tiny_settings.py)
 
 # Environment of every Ray process the tests start (ecosystem.md §1.11, §1.12).
 RAY_ENV = {
@@ -50,7 +43,7 @@ def results(trial_dir: Path) -> list[dict[str, Any]]:
 
 
 def trial_dirs(exp: Path) -> dict[str, Path]:
-    """trial id -> its folder (study.py names them trial_<id>)."""
+    """trial id -> its folder (mtl/tune/sweep.py names them trial_<id>)."""
     return {p.name.removeprefix("trial_"): p for p in Path(exp).glob("trial_*") if p.is_dir()}
 
 
@@ -77,16 +70,6 @@ def tune_state(exp: Path) -> dict[str, dict[str, Any]] | None:
         out[trial["trial_id"]] = {"status": trial["status"], "epoch": last.get("epoch"),
                                   "checkpoint": last.get("checkpoint_dir_name")}
     return out
-
-
-def overlap(intervals: list[tuple[float, float]]) -> int:
-    """Most intervals that share one instant."""
-    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals], key=lambda e: (e[0], e[1]))
-    best = now = 0
-    for _, step in events:
-        now += step
-        best = max(best, now)
-    return best
 
 
 # --- processes ---------------------------------------------------------------------------------

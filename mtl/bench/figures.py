@@ -31,8 +31,8 @@ from mtl.episodes import episode_bank
 from mtl.models.backbones import create_backbone
 from mtl.models.scale_shift import set_bn_mode
 from mtl.phases.evaluate import cpu_chunk
-from mtl.phases.meta import MetaTrainer, build_meta_model
-from mtl.phases.pretrain import Pretrainer
+from mtl.phases.meta import build_meta_model
+from mtl.trial import meta_trainer, pretrainer
 
 THROUGHPUT = "ours / floor throughput (higher is better; 1.0 = backbone speed)"
 TIME = "our time / floor time (lower is better; 1.0 = no cost beyond the backbone)"
@@ -65,7 +65,7 @@ def _steady_peak(fn: Step, w: Workload, then: Step | None = None) -> PeakMemory:
     return pm
 
 
-# ----------------------------------------------------------------------------- floors
+# Floors
 
 
 def pretrain_floor(w: Workload) -> Step:
@@ -92,7 +92,7 @@ def pretrain_floor(w: Workload) -> Step:
 def episode_floor(w: Workload, images: int) -> Step:
     """The scale-shift backbone alone: forward + backward (to scales and shifts) on ``images``."""
     env = w.env
-    model = build_meta_model(w.cfg, env, w.state)
+    model = build_meta_model(w.cfg.model, env, w.state)
     set_bn_mode(model, w.cfg.model.bn_mode, training=True)
     params = [p for p in model.parameters() if p.requires_grad]
     head = torch.randn(WAY, model.out_dim, device=env.device) * 0.01
@@ -113,7 +113,7 @@ def eval_floor(w: Workload, images: int) -> Step:
     """The scale-shift backbone's no-grad forward in evaluation mode on one evaluation chunk of
     ``images`` (on a CPU in pieces of ``cpu_chunk``, as the Embedder does)."""
     env = w.env
-    model = build_meta_model(w.cfg, env, w.state)
+    model = build_meta_model(w.cfg.model, env, w.state)
     set_bn_mode(model, w.cfg.model.bn_mode, training=False)
     x = _inputs(w, images)
     pieces = [x] if env.cuda else list(x.split(cpu_chunk(x)))
@@ -126,14 +126,14 @@ def eval_floor(w: Workload, images: int) -> Step:
     return forward
 
 
-# ----------------------------------------------------------------------------- figures
+# Figures
 
 
 def pretrain(w: Workload, plan: Plan) -> dict[str, Any]:
     """Pretraining images/s through ``Pretrainer.train_epoch``: uint8 rows gathered by index,
     normalised, randomly resized-cropped and flipped on the device, forward, backward, SGD step.
-    One call = one epoch of ``pre_steps`` batches over a split sized for it."""
-    tr = Pretrainer(w.cfg, w.env, w.train, w.val)
+    One call = one epoch of ``pretrain.steps`` batches over a split sized for it."""
+    tr = pretrainer(w.cfg, w.env, w.data)
     bs = min(w.cfg.pretrain.batch_size, w.train.labels.numel())
     images = (w.train.labels.numel() // bs) * bs
     pm = _steady_peak(tr.train_epoch, w)
@@ -149,7 +149,7 @@ def pretrain(w: Workload, plan: Plan) -> dict[str, Any]:
 def meta_train(w: Workload, shot: int, steps: int, meta_batch: int, plan: Plan) -> dict[str, Any]:
     """Episodes/s of ``MetaTrainer.outer_step`` on freshly sampled episodes."""
     cfg = shape(w.cfg, shot, steps, meta_batch)
-    tr = MetaTrainer(cfg, w.env, w.train, w.val, w.state)
+    tr = meta_trainer(cfg, w.env, w.data, w.state)
 
     def step() -> None:
         tr.outer_step(tr.sample())
@@ -170,11 +170,11 @@ def meta_train(w: Workload, shot: int, steps: int, meta_batch: int, plan: Plan) 
 
 def evaluate(w: Workload, shot: int, episodes: int, plan: Plan, target_episodes: int = 600) -> dict[str, Any]:
     """Seconds for ``MetaTrainer.evaluate`` on a bank of ``episodes`` episodes at 100 inner steps,
-    scaled to ``target_episodes`` when fewer were run (``--quick``)."""
+    scaled to ``target_episodes`` when fewer were run (``eval.episodes``, e.g. quick)."""
     cfg = shape(w.cfg, shot, w.cfg.meta.inner_steps, w.cfg.meta.meta_batch)
     per_ep = WAY * (shot + QUERY)
     chunk = cfg.eval.batch_episodes * per_ep
-    tr = MetaTrainer(cfg, w.env, w.train, w.val, w.state)
+    tr = meta_trainer(cfg, w.env, w.data, w.state)
     bank = episode_bank(w.val.offsets, WAY, shot, QUERY, episodes, cfg.eval.seed)
 
     def run() -> None:
@@ -197,7 +197,7 @@ def trial_memory(w: Workload, shot: int, steps: int, meta_batch: int, plan: Plan
     """Peak CUDA memory of one trial's work in this process: outer steps at the trial's shape and
     one validation chunk (``eval.batch_episodes`` episodes at 100 inner steps)."""
     cfg = shape(w.cfg, shot, steps, meta_batch)
-    tr = MetaTrainer(cfg, w.env, w.train, w.val, w.state)
+    tr = meta_trainer(cfg, w.env, w.data, w.state)
     bank = episode_bank(w.val.offsets, WAY, shot, QUERY, cfg.eval.batch_episodes, cfg.eval.seed)
     with PeakMemory(w.env.device) as pm:
         for _ in range(max(plan.warmup, 2)):

@@ -30,13 +30,13 @@ def _worker(rank: int, spec: dict[str, Any], barrier: Any, queue: Any) -> None:
         from mtl.bench.timing import sync
         from mtl.bench.workload import QUERY, WAY, build, shape
         from mtl.episodes import episode_bank
-        from mtl.phases.meta import MetaTrainer
+        from mtl.trial import meta_trainer
 
         state = torch.load(spec["state_path"], map_location="cpu", weights_only=True)
         w = build(spec["overrides"], state)
         cfg = shape(w.cfg, spec["shot"], spec["steps"], spec["meta_batch"])
         dev = w.env.device
-        tr = MetaTrainer(cfg, w.env, w.train, w.val, w.state)
+        tr = meta_trainer(cfg, w.env, w.data, w.state)
         for _ in range(spec["warmup"]):
             tr.outer_step(tr.sample())
         sync(dev)

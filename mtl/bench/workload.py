@@ -1,7 +1,8 @@
 """What the benchmark runs on: a config, a device, a synthetic dataset and backbone weights.
 
-Everything is built from a list of dotted config overrides, so the trial processes of the
-concurrency measurement rebuild exactly the same workload from a picklable list.
+Everything is built from a list of dotted config overrides (made from the benchmark's settings,
+:func:`overrides`), so the trial processes of the concurrency measurement rebuild exactly the
+same workload from a picklable list.
 
 The speed of a network does not depend on what it has learnt, so the backbone is not
 pre-trained: it is freshly initialised and its BN running statistics are set from real
@@ -19,7 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtl.config import Config, load_config
+from mtl.bench.settings import BenchSettings
+from mtl.config import Config
+from mtl.configs import load_config
 from mtl.data import load_split
 from mtl.data.splits import Split
 from mtl.data.transforms import Normalize
@@ -27,40 +30,25 @@ from mtl.models.backbones import create_backbone
 from mtl.runtime import Env, make_env
 
 WAY, QUERY = 5, 15  # every episode figure is 5-way with 15 queries per class
-MIN_PER_CLASS = 20  # 5-shot + 15 queries
 
 
-@dataclass(frozen=True)
-class Sizes:
-    """Sizes of one benchmark run (the CLI fills them; ``--quick`` shrinks them)."""
-
-    backbone: str
-    image_size: int
-    precision: str
-    channels_last: bool
-    device: str
-    first_order: bool
-    pre_batch: int
-    pre_steps: int  # pretraining batches per timed epoch
-    train_classes: int  # = the pretraining head's width
-    eval_batch: int  # episodes per evaluation forward (eval.batch_episodes)
-    threads: int | None = None
-
-
-def overrides(s: Sizes) -> list[str]:
-    """Dotted overrides of the base config: the synthetic set sized for the measurements."""
-    per_class = max(MIN_PER_CLASS, math.ceil(s.pre_batch * s.pre_steps / s.train_classes))
+def overrides(s: BenchSettings) -> list[str]:
+    """Dotted overrides of the base config for resolved settings ``s`` (:func:`mtl.bench.settings.resolve`):
+    the synthetic set sized for the measurements, the backbone, precision and device."""
+    train_classes = 16 if s.quick else 64  # = the pretraining head's width
+    per_class = max(QUERY + max([*s.meta.shots, *s.eval.shots, s.trials.shot]),
+                    math.ceil(s.pretrain.batch * s.pretrain.steps / train_classes))
     out = [
         "data.dataset=synthetic", f"data.image_size={s.image_size}", "data.normalization=pt",
-        f"data.synthetic.train_classes={s.train_classes}", "data.synthetic.val_classes=16",
+        f"data.synthetic.train_classes={train_classes}", "data.synthetic.val_classes=16",
         "data.synthetic.test_classes=5", f"data.synthetic.images_per_class={per_class}",
         f"model.backbone={s.backbone}",
         # the recipe's lr 0.1 can diverge from a fresh init within the timed epochs (a NaN loss
         # raises); the step costs the same at any lr
-        f"pretrain.batch_size={s.pre_batch}", "pretrain.lr=0.02",
-        f"meta.way={WAY}", f"meta.query={QUERY}", f"meta.first_order={str(s.first_order).lower()}",
+        f"pretrain.batch_size={s.pretrain.batch}", "pretrain.lr=0.02",
+        f"meta.way={WAY}", f"meta.query={QUERY}", f"meta.first_order={str(s.meta.first_order).lower()}",
         f"eval.query={QUERY}", "eval.inner_steps=100", "eval.protocol=standard",
-        f"eval.batch_episodes={s.eval_batch}",
+        f"eval.batch_episodes={s.eval.batch}",
         f"runtime.device={s.device}", f"runtime.precision={s.precision}",
         f"runtime.channels_last={str(s.channels_last).lower()}", "runtime.progress=false",
     ]
@@ -86,8 +74,10 @@ class Workload:
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.env.channels_last else torch.contiguous_format
 
-    def images_per_task(self, shot: int) -> int:
-        return WAY * (shot + QUERY)
+    @property
+    def data(self) -> dict[str, Split]:
+        """The splits as the trainers' factories (:mod:`mtl.trial`) take them."""
+        return {"train": self.train, "val": self.val}
 
 
 def build(over: Sequence[str], state: dict[str, torch.Tensor] | None = None) -> Workload:

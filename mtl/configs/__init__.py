@@ -1,0 +1,78 @@
+"""The packaged experiment configs (``mtl/configs/*.yaml``) and loading any config file.
+
+:func:`load_config` merges in one documented order: field defaults < the file (and the files
+its ``base:`` names, nearest last) < dotted overrides. Every key and value is checked
+(:mod:`mtl.schema`); the resolved config is what :func:`save_config` writes next to a result.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from mtl.config import Config
+from mtl.errors import ConfigError
+from mtl.files import write_text_atomic
+from mtl.schema import as_mapping, deep_merge, load, read_yaml
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped in ``mtl/configs/``."""
+    return sorted(p.name[:-5] for p in resources.files(__name__).iterdir() if p.name.endswith(".yaml"))
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """A config file by path, or by bare name of a packaged config (``mini_1shot``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    name = p.name[:-5] if p.name.endswith(".yaml") else p.name
+    if str(p.parent) in ("", "."):
+        packaged = resources.files(__name__) / f"{name}.yaml"
+        if packaged.is_file():
+            return Path(str(packaged))
+    raise ConfigError(f"config {str(name_or_path)!r} not found: give a YAML file path or one of "
+                      f"{', '.join(packaged_configs())}")
+
+
+def _file_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's mapping with its ``base:`` chain merged underneath it."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config {path} includes itself through 'base:'; remove the cycle")
+    doc = read_yaml(path)
+    base = doc.pop("base", None)
+    if base is None:
+        return doc
+    if not isinstance(base, str):
+        raise ConfigError(f"'base' in {path} must be a config name or path, not {base!r}")
+    base_path = (path.parent / base) if (path.parent / base).is_file() else find_config(base)
+    return deep_merge(_file_tree(base_path, seen + (path,)), doc)
+
+
+def load_config(source: str | Path | Mapping[str, Any] | None = None,
+                overrides: Mapping[str, Any] | Sequence[str] = ()) -> Config:
+    """A validated, resolved config.
+
+    ``source`` is a YAML path, the bare name of a packaged config, a mapping of sections (it may
+    name a ``base``), or None for the defaults. ``overrides`` is a mapping or a list of
+    ``"key=value"`` strings with dotted keys; values are parsed as YAML scalars (``0.01``, ``true``).
+    """
+    if source is None:
+        tree: dict[str, Any] = {}
+    elif isinstance(source, Mapping):
+        tree = dict(source)
+        base = tree.pop("base", None)
+        if base is not None:
+            tree = deep_merge(_file_tree(find_config(base)), tree)
+    else:
+        tree = _file_tree(find_config(source))
+    return load(Config, tree, as_mapping(overrides))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

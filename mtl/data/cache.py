@@ -6,11 +6,13 @@ and ``meta.json`` (class names, counts, offsets, full fingerprint, source, creat
 A changed source has a new fingerprint, hence a new entry; an unchanged one is never
 decoded again. Old entries are left in place (delete them by hand to reclaim space).
 
-Building is crash-safe and single-flight: the builder holds ``<entry>.lock`` (filelock),
-decodes into ``<entry>.tmp-<random>`` and renames that folder into place only when
-complete, so a folder named like an entry is always a finished one and can be read
-without the lock. Others wait on the lock and then read what the builder made. Temporary
-folders left by a crashed builder of the same entry are removed by the next builder.
+Building is crash-safe and single-flight through :class:`mtl.store.Store`: the builder
+holds ``<entry>.lock``, decodes into ``.<entry>.tmp-<random>`` and renames that folder into
+place only when complete (and fsynced), so a folder named like an entry is always a finished
+one and can be read without the lock. Others wait on the lock and then read what the builder
+made. Temporary folders left by a crashed builder of the same entry are removed by the next
+builder. Entries also hold the store's ``COMPLETE`` marker; ones made before it existed are
+recognised by their ``meta.json``.
 
 Reading copies the memory-mapped array into an ordinary tensor: the split is moved to the
 device right after (architecture.md), and ``torch.from_numpy`` on a read-only map would
@@ -22,22 +24,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from filelock import FileLock
 from tqdm import tqdm
 
 from mtl.config import Data
 from mtl.data.splits import FORMAT_VERSION, Decoder, Split, SplitIndex, labels_of, offsets_of
 from mtl.errors import DataError
+from mtl.files import atomic_path, write_json_atomic
+from mtl.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +71,9 @@ def read_meta(root: Path, dataset: str, split: str, size: int, fingerprint: str)
 
 def load_cached(index: SplitIndex, root: Path, progress: bool = True) -> Split:
     """The split from its cache entry, building the entry first if there is none."""
-    entry = entry_path(root, index.dataset, index.split, index.image_size, index.fingerprint)
-    if (entry / "meta.json").is_file():
-        return _read_entry(entry, index)
-    _writable(root, lambda: root.mkdir(parents=True, exist_ok=True))
-    lock = FileLock(f"{entry}.lock")
-    _writable(root, lambda: lock.acquire())
-    try:
-        if not (entry / "meta.json").is_file():  # nobody finished it while we waited
-            for stale in root.glob(f"{entry.name}.tmp-*"):
-                log.info("removing %s left by an interrupted build", stale)
-                shutil.rmtree(stale, ignore_errors=True)
-            _build(entry, index, progress)
-    finally:
-        lock.release()
+    key = entry_path(root, index.dataset, index.split, index.image_size, index.fingerprint).name
+    store = _store(root)
+    entry, _ = store.get_or_build(key, lambda tmp, _work: _build(store, tmp, store.path(key), index, progress))
     return _read_entry(entry, index)
 
 
@@ -115,50 +105,42 @@ def decode_into(decoder: Decoder, out: np.ndarray, progress: bool, desc: str,
             raise
 
 
-def _writable(root: Path, action: Any) -> Any:
-    try:
-        return action()
-    except OSError as e:
-        raise DataError(f"cannot write the data cache at {root} ({e.strerror or e}); "
-                        f"set data.cache_dir (or MTL_CACHE_DIR) to a writable folder") from None
+def _store(root: Path) -> Store:
+    return Store(root, "data cache", "set data.cache_dir (or MTL_CACHE_DIR) to a writable folder", DataError,
+                 complete=lambda entry: (entry / "meta.json").is_file())
 
 
-def _build(entry: Path, index: SplitIndex, progress: bool) -> None:
+def _build(store: Store, tmp: Path, entry: Path, index: SplitIndex, progress: bool) -> None:
+    """Decode ``index`` into the empty folder ``tmp``, which the store then publishes as ``entry``."""
     n, s = index.num_images, index.image_size
-    tmp = entry.with_name(f"{entry.name}.tmp-{uuid.uuid4().hex[:12]}")
-    _writable(entry.parent, tmp.mkdir)
     started = time.time()
     log.info("decoding %s/%s (%d images, %d px) from %s into %s",
              index.dataset, index.split, n, s, index.source, entry)
-    try:
-        images = _writable(entry.parent, lambda: np.lib.format.open_memmap(
-            tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, 3, s, s)))
-        decode_into(index.decoder, images, progress, f"{index.dataset}/{index.split}")
-        _writable(entry.parent, images.flush)
-        del images  # unmap before the folder is renamed
-        meta = {
-            "dataset": index.dataset,
-            "split": index.split,
-            "image_size": s,
-            "class_names": list(index.class_names),
-            "counts": [int(c) for c in index.counts],
-            "offsets": offsets_of(index.counts).tolist(),
-            "fingerprint": index.fingerprint,
-            "format_version": FORMAT_VERSION,
-            "source": index.source,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "decode_seconds": round(time.time() - started, 3),
-        }
+    images = store.writable(lambda: np.lib.format.open_memmap(
+        tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, 3, s, s)))
+    decode_into(index.decoder, images, progress, f"{index.dataset}/{index.split}")
+    store.writable(images.flush)
+    del images  # unmap before the folder is published
+    meta = {
+        "dataset": index.dataset,
+        "split": index.split,
+        "image_size": s,
+        "class_names": list(index.class_names),
+        "counts": [int(c) for c in index.counts],
+        "offsets": offsets_of(index.counts).tolist(),
+        "fingerprint": index.fingerprint,
+        "format_version": FORMAT_VERSION,
+        "source": index.source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "decode_seconds": round(time.time() - started, 3),
+    }
 
-        def write() -> None:
-            np.save(tmp / "labels.npy", labels_of(index.counts))
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-            os.rename(tmp, entry)
+    def write() -> None:
+        with atomic_path(tmp / "labels.npy") as labels:
+            np.save(labels, labels_of(index.counts))
+        write_json_atomic(tmp / "meta.json", meta)
 
-        _writable(entry.parent, write)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    store.writable(write)
     log.info("cached %s/%s in %.1f s", index.dataset, index.split, time.time() - started)
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 
 from mtl.config import Data
@@ -19,6 +17,7 @@ from mtl.data.decode import LazyDecoder
 from mtl.data.splits import Split, SplitIndex, split_from_arrays
 from mtl.data.synthetic import synthetic_index
 from mtl.errors import DataError
+from mtl.registry import DATASETS
 
 SPLITS = ("train", "val", "test")
 
@@ -71,9 +70,10 @@ def _fc100(data: Data, split: str) -> formats.Source:
     return formats.fc100_source(cifar, split, data.image_size)
 
 
-_READERS: dict[str, Callable[[Data, str], formats.Source]] = {
-    "folder": _folder, "tiered": _folder, "mini": _mini, "fc100": _fc100,
-}
+# data.dataset names -> readers (Data, split) -> Source; the synthetic set is generated, not read
+for _name, _reader in {"folder": _folder, "tiered": _folder, "mini": _mini, "fc100": _fc100}.items():
+    DATASETS.register(_name)(_reader)
+DATASETS.register("synthetic")(synthetic_index)
 
 
 def index_split(data: Data, split: str) -> SplitIndex:
@@ -82,9 +82,7 @@ def index_split(data: Data, split: str) -> SplitIndex:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
     if data.dataset == "synthetic":
         return synthetic_index(data, split)
-    if data.dataset not in _READERS:
-        raise DataError(f"unknown dataset {data.dataset!r}; choose one of synthetic, {', '.join(_READERS)}")
-    src = _READERS[data.dataset](data, split)
+    src = DATASETS.get(data.dataset)(data, split)
     known = None if src.cheap else cache.read_meta(
         cache.cache_dir(data), data.dataset, split, data.image_size, src.fingerprint)
     if known is not None:  # a finished cache entry already lists the classes: skip unpickling
@@ -134,6 +132,6 @@ def dataset_fingerprint(data: Data, indexes: dict[str, SplitIndex] | None = None
 
 def _fingerprint(data: Data, split: str) -> str:
     """A split's fingerprint without its listing (no unpickling for the pickle forms)."""
-    if data.dataset in _READERS:
-        return _READERS[data.dataset](data, split).fingerprint
-    return index_split(data, split).fingerprint
+    if data.dataset == "synthetic":
+        return index_split(data, split).fingerprint
+    return DATASETS.get(data.dataset)(data, split).fingerprint

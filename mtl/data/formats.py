@@ -57,7 +57,7 @@ def _stat_line(name: str, st: os.stat_result) -> bytes:
     return f"{name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape")
 
 
-# ----------------------------------------------------------------------------- folders
+# Folders
 
 
 def folder_source(root: Path, split: str, size: int, what: str) -> Source:
@@ -86,7 +86,7 @@ def folder_source(root: Path, split: str, size: int, what: str) -> Source:
     return Source(str(split_dir), h.hexdigest(), lambda: (classes, counts, decoder), cheap=True)
 
 
-# ----------------------------------------------------------------------------- miniImageNet CSV
+# miniImageNet CSV
 
 
 def mini_csv_source(root: Path, split: str, size: int) -> Source:
@@ -135,7 +135,7 @@ def mini_csv_source(root: Path, split: str, size: int) -> Source:
     return Source(str(csv_path), h.hexdigest(), lambda: (classes, counts, decoder), cheap=True)
 
 
-# ----------------------------------------------------------------------------- pickles
+# Pickles
 
 
 def _load_pickle(path: Path) -> Any:
@@ -201,7 +201,7 @@ def mini_pickle_source(root: Path, split: str, size: int) -> Source:
     return Source(str(path), _files_fingerprint("mini-pickle", split, size, [path]), listing, cheap=False)
 
 
-# ----------------------------------------------------------------------------- FC100 (CIFAR-100)
+# FC100 (CIFAR-100)
 
 
 def cifar100_dir(root: Path) -> Path | None:

@@ -24,7 +24,6 @@ keeps test runs from writing to the user's cache folder.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 
@@ -153,7 +152,7 @@ def synthetic_index(data: Data, split: str) -> SplitIndex:
     syn = data.synthetic
     count = getattr(syn, f"{split}_classes")
     width = max(3, len(str(count - 1)))
-    payload = ["synthetic", FORMAT_VERSION, split, data.image_size, dataclasses.asdict(syn)]
+    payload = ["synthetic", FORMAT_VERSION, split, data.image_size, syn.to_dict()]
     return SplitIndex(
         dataset="synthetic",
         split=split,

@@ -11,20 +11,21 @@ import math
 
 import torch
 
+from mtl.registry import NORMALIZATIONS
+
 # (mean, std) per channel in [0, 1] units (mtl-algorithm.md §7)
-NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "pt": ((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255)),
-    "imagenet": ((120.40 / 255, 115.59 / 255, 104.54 / 255), (70.68 / 255, 68.28 / 255, 72.55 / 255)),
-    "cifar": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
-    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-}
+NORMALIZATIONS.register("pt")(((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255)))
+NORMALIZATIONS.register("imagenet")(((120.40 / 255, 115.59 / 255, 104.54 / 255),
+                                     (70.68 / 255, 68.28 / 255, 72.55 / 255)))
+NORMALIZATIONS.register("cifar")(((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)))
+NORMALIZATIONS.register("none")(((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
 
 
 class Normalize:
     """uint8 ``[N, 3, H, W]`` -> normalised float32, optionally channels_last."""
 
     def __init__(self, name: str, device: torch.device, channels_last: bool = False) -> None:
-        mean, std = NORMALIZATION[name]
+        mean, std = NORMALIZATIONS.get(name)
         self.scale = (1.0 / (255.0 * torch.tensor(std, device=device))).view(1, 3, 1, 1)
         self.offset = (-torch.tensor(mean, device=device) / torch.tensor(std, device=device)).view(1, 3, 1, 1)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

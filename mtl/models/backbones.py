@@ -12,9 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from mtl.registry import Registry
-
-BACKBONES: Registry[nn.Module] = Registry("backbone")
+from mtl.registry import BACKBONES
 
 
 def create_backbone(name: str, dropout: float = 0.0) -> nn.Module:
@@ -39,7 +37,7 @@ class Backbone(nn.Module):
         return x.mean(dim=(2, 3))
 
 
-# ----------------------------------------------------------------------------- paper ResNet-12
+# Paper ResNet-12
 
 
 class PaperBlock(nn.Module):
@@ -86,7 +84,7 @@ def tiny(dropout: float = 0.0) -> Backbone:
     return _paper_resnet((16, 32, 48, 64), dropout)
 
 
-# ----------------------------------------------------------------------------- official-code ResNet-25
+# Official-code ResNet-25
 
 
 class BasicBlock(nn.Module):

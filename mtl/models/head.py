@@ -22,6 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtl.registry import HEAD_INITS
+
+
+HEAD_INITS.register("kaiming")(nn.init.kaiming_normal_)  # official PyTorch code
+HEAD_INITS.register("xavier")(nn.init.xavier_uniform_)  # TF code
+HEAD_INITS.register("zeros")(nn.init.zeros_)
+
 
 class HeadInit(nn.Module):
     """The meta-learned initialisation theta of the N-way head."""
@@ -30,14 +37,7 @@ class HeadInit(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(way, dim))
         self.bias = nn.Parameter(torch.zeros(way))
-        if init == "kaiming":  # official PyTorch code
-            nn.init.kaiming_normal_(self.weight)
-        elif init == "xavier":  # TF code
-            nn.init.xavier_uniform_(self.weight)
-        elif init == "zeros":
-            nn.init.zeros_(self.weight)
-        else:
-            raise ValueError(f"unknown head init {init!r}")
+        HEAD_INITS.get(init)(self.weight)
 
 
 def logits(feats: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

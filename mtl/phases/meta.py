@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mtl.config import Config, eval_query, hard_batches_per_window
+from mtl.config import Eval, HardTasks, Meta, Model, eval_query, hard_batches_per_window
 from mtl.data.transforms import Normalize
 from mtl.episodes import Episodes, episode_bank, sample_episodes
 from mtl.errors import MTLError
@@ -25,14 +25,14 @@ from mtl.models.head import HeadInit, adapt_head, logits, query_stats
 from mtl.models.scale_shift import (bn_affine_parameters, load_backbone_state, load_meta_state, meta_state,
                                     set_bn_mode, ss_parameters, to_scale_shift)
 from mtl.phases.evaluate import Embedder, evaluate
-from mtl.runtime import Env, progress, rng_state, set_rng_state
+from mtl.runtime import Env, RngStream, progress
 
 
-def build_meta_model(cfg: Config, env: Env, backbone_state: dict[str, torch.Tensor], source: str = "the backbone"):
+def build_meta_model(spec: Model, env: Env, backbone_state: dict[str, torch.Tensor], source: str = "the backbone"):
     """Plain backbone + strict load of pre-trained weights + scale-shift conversion, on the device."""
-    model = create_backbone(cfg.model.backbone)
+    model = create_backbone(spec.backbone)
     load_backbone_state(model, backbone_state, source)
-    to_scale_shift(model, cfg.model.ss_scope, cfg.model.scale_granularity)
+    to_scale_shift(model, spec.ss_scope, spec.scale_granularity)
     fmt = torch.channels_last if env.channels_last else torch.contiguous_format
     return model.to(env.device, memory_format=fmt)
 
@@ -40,28 +40,29 @@ def build_meta_model(cfg: Config, env: Env, backbone_state: dict[str, torch.Tens
 class MetaTrainer:
     kind = "meta"
 
-    def __init__(self, cfg: Config, env: Env, train, val, backbone_state: dict[str, torch.Tensor]) -> None:
-        m = cfg.meta
-        self.cfg, self.env, self.train, self.val = cfg, env, train, val
-        self.backbone_state = backbone_state
-        torch.manual_seed(cfg.runtime.seed)
-        self.model = build_meta_model(cfg, env, backbone_state)
-        self.head = HeadInit(m.way, self.model.out_dim, m.head_init).to(env.device)
-        set_bn_mode(self.model, cfg.model.bn_mode, training=True)
+    def __init__(self, m: Meta, spec: Model, ht: HardTasks, ev: Eval, env: Env, train, val,
+                 backbone_state: dict[str, torch.Tensor], *, normalization: str) -> None:
+        """Its own sections (meta, model, hard_tasks, eval), the environment, the decoded splits,
+        the pre-trained weights and the normalisation's registry name."""
+        self.m, self.spec, self.ev, self.env, self.train, self.val = m, spec, ev, env, train, val
+        self.rng = RngStream(env, env.seed)  # head initialisation
+        with self.rng:
+            self.model = build_meta_model(spec, env, backbone_state)
+            self.head = HeadInit(m.way, self.model.out_dim, m.head_init).to(env.device)
+        set_bn_mode(self.model, spec.bn_mode, training=True)
         ss = list(ss_parameters(self.model))
-        if cfg.model.bn_mode == "train_affine":
+        if spec.bn_mode == "train_affine":
             ss += list(bn_affine_parameters(self.model))
         self.opt = torch.optim.Adam([{"params": ss, "lr": m.lr_ss}, {"params": self.head.parameters(), "lr": m.lr_head}])
         floors = [min(1.0, m.lr_floor / g["lr"]) for g in self.opt.param_groups]
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, [lambda s, f=f: max(m.lr_gamma ** (s // m.lr_step), f) for f in floors])
-        self.gen = torch.Generator().manual_seed(cfg.runtime.seed + 2)  # tasks and hard-task picks
-        ht = cfg.hard_tasks
+        self.gen = torch.Generator().manual_seed(env.seed + 2)  # tasks and hard-task picks
         self.ht = HardTaskScheduler(m.way, ht.window, hard_batches_per_window(ht), ht.top_m, ht.min_pool,
-                                    seed=cfg.runtime.seed + 3)
-        self.normalize = Normalize(cfg.data.normalization, env.device, env.channels_last)
-        self.embed = Embedder(self.model, self.normalize, env, transductive=cfg.model.bn_mode == "batch_stats")
-        self.val_bank = episode_bank(val.offsets, m.way, m.shot, eval_query(cfg), cfg.eval.val_episodes, cfg.eval.seed)
+                                    seed=env.seed + 3)
+        self.normalize = Normalize(normalization, env.device, env.channels_last)
+        self.embed = Embedder(self.model, self.normalize, env, transductive=spec.bn_mode == "batch_stats")
+        self.val_bank = episode_bank(val.offsets, m.way, m.shot, eval_query(m, ev), ev.val_episodes, ev.seed)
         self.epoch = 0
         self.step = 0
         self.hard_updates = 0
@@ -73,18 +74,18 @@ class MetaTrainer:
 
     @property
     def done(self) -> bool:
-        return self.epoch >= self.cfg.meta.epochs
+        return self.epoch >= self.m.epochs
 
     def task_stats(self, source, eps: Episodes, *, steps: int, first_order: bool) -> dict[str, torch.Tensor]:
         """Adapt each task's head on its support set and score it on its query set."""
-        dev, m = self.env.device, self.cfg.meta
+        dev, m = self.env.device, self.m
         fs, fq = self.embed(source, eps)
         w, b = adapt_head(fs, eps.labels(eps.shot, dev), self.head.weight, self.head.bias,
                           steps=steps, lr=m.inner_lr, first_order=first_order)
         return query_stats(logits(fq, w, b), eps.labels(eps.n_query, dev), eps.way)
 
     def outer_step(self, eps: Episodes) -> dict[str, torch.Tensor]:
-        m = self.cfg.meta
+        m = self.m
         stats = self.task_stats(self.train, eps, steps=m.inner_steps, first_order=m.first_order)
         loss = stats["loss"].mean()
         self.opt.zero_grad(set_to_none=True)
@@ -95,17 +96,17 @@ class MetaTrainer:
         return stats
 
     def sample(self, classes: torch.Tensor | None = None) -> Episodes:
-        m = self.cfg.meta
+        m = self.m
         return sample_episodes(self.train.offsets, m.way, m.shot, m.query, m.meta_batch, self.gen, classes)
 
     def train_epoch(self) -> dict[str, float]:
-        m = self.cfg.meta
-        set_bn_mode(self.model, self.cfg.model.bn_mode, training=True)
+        m = self.m
+        set_bn_mode(self.model, self.spec.bn_mode, training=True)
         losses, accs = [], []
         hard = 0
         start = time.perf_counter()
         for _ in progress(range(m.batches_per_epoch), self.env, total=m.batches_per_epoch,
-                          desc=f"meta {self.epoch + 1}"):
+                          desc=f"meta {self.epoch + 1}/{m.epochs}"):
             eps = self.sample()
             stats = self.outer_step(eps)
             losses.append(stats["loss"].detach().mean())
@@ -130,17 +131,17 @@ class MetaTrainer:
 
     def evaluate(self, source, episodes: Episodes) -> dict[str, Any]:
         """Few-shot accuracy of the current model and head init on fixed episodes."""
-        set_bn_mode(self.model, self.cfg.model.bn_mode, training=False)
-        e = self.cfg.eval
+        set_bn_mode(self.model, self.spec.bn_mode, training=False)
+        e = self.ev
         return evaluate(self.embed, source, episodes, self.head.weight, self.head.bias,
-                        steps=e.inner_steps, lr=self.cfg.meta.inner_lr, batch_episodes=e.batch_episodes,
+                        steps=e.inner_steps, lr=self.m.inner_lr, batch_episodes=e.batch_episodes,
                         flip_support=e.protocol == "paper")
 
     def run_epoch(self) -> dict[str, Any]:
         """Train one epoch, validate on the fixed bank when due, keep the best state."""
         metrics: dict[str, Any] = {"phase": "meta", **self.train_epoch()}
         self.epoch += 1
-        if self.epoch % self.cfg.eval.val_every == 0 or self.done:
+        if self.epoch % self.ev.val_every == 0 or self.done:
             v = self.evaluate(self.val, self.val_bank)
             self.last_val = {"val_acc": v["acc"], "val_ci95": v["ci95"]}
             if v["acc"] > self.best_acc:
@@ -162,19 +163,17 @@ class MetaTrainer:
         load_meta_state(self.model, state["model"])
         self.head.load_state_dict(state["head"])
 
-    def state_dict(self, include_backbone: bool = True) -> dict[str, Any]:
-        """Everything needed to resume; without the backbone the caller must keep its own copy
-        of the pre-trained weights (the Ray trainable points at the pretraining cache instead)."""
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume except the frozen pre-trained weights, which the caller
+        keeps (a run folder's checkpoint embeds them; a trial's names their pretraining entry)."""
         return {
             "kind": self.kind,
-            "config": self.cfg.to_dict(),
-            "backbone": self.backbone_state if include_backbone else None,
             "current": self.trainable_state(),
             "best_state": self.best_state,
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "gen": self.gen.get_state(),
-            "rng": rng_state(self.env),
+            "rng": self.rng.state,
             "hard_tasks": self.ht.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
@@ -190,7 +189,7 @@ class MetaTrainer:
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])
         self.gen.set_state(ck["gen"])
-        set_rng_state(self.env, ck["rng"])
+        self.rng.state = ck["rng"]
         self.ht.load_state_dict(ck["hard_tasks"])
         self.epoch, self.step, self.hard_updates = ck["epoch"], ck["step"], ck["hard_updates"]
         self.best_acc, self.best_epoch, self.best_state = ck["best_acc"], ck["best_epoch"], ck["best_state"]

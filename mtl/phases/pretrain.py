@@ -15,25 +15,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtl.config import Config
+from mtl.config import Pretrain
 from mtl.data.transforms import Normalize, random_resized_crop_flip
 from mtl.episodes import episode_bank
 from mtl.errors import MTLError
 from mtl.models.backbones import create_backbone
 from mtl.phases.evaluate import Embedder, evaluate
-from mtl.runtime import Env, progress, rng_state, set_rng_state
+from mtl.runtime import Env, RngStream, progress
 
 
 class Pretrainer:
     kind = "pretrain"
 
-    def __init__(self, cfg: Config, env: Env, train, val) -> None:
-        p = cfg.pretrain
-        self.cfg, self.env, self.train, self.val = cfg, env, train, val
-        torch.manual_seed(cfg.runtime.seed)
+    def __init__(self, p: Pretrain, env: Env, train, val, *, backbone: str, normalization: str,
+                 probe_seed: int, eval_batch: int) -> None:
+        """``p``: the pretraining section; ``backbone``, ``normalization``: registry names; the probe's
+        validation bank is drawn with ``probe_seed`` and evaluated ``eval_batch`` episodes at a time."""
+        self.p, self.env, self.train, self.val = p, env, train, val
+        self.backbone, self.eval_batch = backbone, eval_batch
+        self.rng = RngStream(env, env.seed)  # weight init and dropout
         fmt = torch.channels_last if env.channels_last else torch.contiguous_format
-        self.model = create_backbone(cfg.model.backbone, dropout=p.dropout).to(env.device, memory_format=fmt)
-        self.classifier = nn.Linear(self.model.out_dim, train.num_classes).to(env.device)
+        with self.rng:
+            self.model = create_backbone(backbone, dropout=p.dropout).to(env.device, memory_format=fmt)
+            self.classifier = nn.Linear(self.model.out_dim, train.num_classes).to(env.device)
         params = [*self.model.parameters(), *self.classifier.parameters()]
         if p.optimizer == "sgd":
             self.opt: torch.optim.Optimizer = torch.optim.SGD(
@@ -42,11 +46,11 @@ class Pretrainer:
         else:
             self.opt = torch.optim.Adam(params, lr=p.lr, weight_decay=p.weight_decay)
         self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=p.lr_step, gamma=p.lr_gamma)
-        self.gen = torch.Generator().manual_seed(cfg.runtime.seed)  # batch order
-        self.aug_gen = env.generator(cfg.runtime.seed + 1)  # crops and flips, on the device
-        self.normalize = Normalize(cfg.data.normalization, env.device, env.channels_last)
+        self.gen = torch.Generator().manual_seed(env.seed)  # batch order
+        self.aug_gen = env.generator(env.seed + 1)  # crops and flips, on the device
+        self.normalize = Normalize(normalization, env.device, env.channels_last)
         self.embed = Embedder(self.model, self.normalize, env)
-        self.bank = episode_bank(val.offsets, p.val_way, p.val_shot, p.val_query, p.val_episodes, cfg.eval.seed)
+        self.bank = episode_bank(val.offsets, p.val_way, p.val_shot, p.val_query, p.val_episodes, probe_seed)
         self.epoch = 0
         self.best_acc = -1.0
         self.best_epoch = 0
@@ -55,10 +59,10 @@ class Pretrainer:
 
     @property
     def done(self) -> bool:
-        return self.epoch >= self.cfg.pretrain.epochs
+        return self.epoch >= self.p.epochs
 
     def train_epoch(self) -> dict[str, float]:
-        p, env, data = self.cfg.pretrain, self.env, self.train
+        p, env, data = self.p, self.env, self.train
         self.model.train()
         self.classifier.train()
         n = data.labels.numel()
@@ -69,7 +73,7 @@ class Pretrainer:
         loss_sum = torch.zeros((), device=env.device)
         correct = torch.zeros((), device=env.device)
         start = time.perf_counter()
-        for i in progress(range(steps), env, total=steps, desc=f"pretrain {self.epoch + 1}"):
+        for i in progress(range(steps), env, total=steps, desc=f"pretrain {self.epoch + 1}/{p.epochs}"):
             idx = perm[i * bs : (i + 1) * bs]
             x = self.embed.images(data, idx)
             if p.augment:
@@ -92,18 +96,19 @@ class Pretrainer:
                 "images_per_s": steps * bs / secs, "lr": self.opt.param_groups[0]["lr"]}
 
     def validate(self) -> dict[str, Any]:
-        p = self.cfg.pretrain
+        p = self.p
         self.model.eval()
         dim = self.model.out_dim
         zeros_w = torch.zeros(p.val_way, dim, device=self.env.device)
         return evaluate(self.embed, self.val, self.bank, zeros_w, zeros_w[:, 0],
-                        steps=p.probe_steps, lr=p.probe_lr, batch_episodes=self.cfg.eval.batch_episodes)
+                        steps=p.probe_steps, lr=p.probe_lr, batch_episodes=self.eval_batch)
 
     def run_epoch(self) -> dict[str, Any]:
         """Train one epoch, validate when due, keep the best backbone; returns the epoch's metrics."""
-        metrics: dict[str, Any] = {"phase": "pretrain", **self.train_epoch()}
+        with self.rng:
+            metrics: dict[str, Any] = {"phase": "pretrain", **self.train_epoch()}
         self.epoch += 1
-        if self.epoch % self.cfg.pretrain.val_every == 0 or self.done:
+        if self.epoch % self.p.val_every == 0 or self.done:
             v = self.validate()
             metrics.update(val_acc=v["acc"], val_ci95=v["ci95"])
             if v["acc"] > self.best_acc:
@@ -118,7 +123,6 @@ class Pretrainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
-            "config": self.cfg.to_dict(),
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "classifier": self.classifier.state_dict(),
@@ -126,7 +130,7 @@ class Pretrainer:
             "scheduler": self.sched.state_dict(),
             "gen": self.gen.get_state(),
             "aug_gen": self.aug_gen.get_state(),
-            "rng": rng_state(self.env),
+            "rng": self.rng.state,
             "best_acc": self.best_acc,
             "best_epoch": self.best_epoch,
             "best_state": self.best_state,
@@ -140,7 +144,7 @@ class Pretrainer:
         self.sched.load_state_dict(ck["scheduler"])
         self.gen.set_state(ck["gen"])
         self.aug_gen.set_state(ck["aug_gen"])
-        set_rng_state(self.env, ck["rng"])
+        self.rng.state = ck["rng"]
         self.epoch = ck["epoch"]
         self.best_acc, self.best_epoch, self.best_state = ck["best_acc"], ck["best_epoch"], ck["best_state"]
         self.history = list(ck["history"])
@@ -149,6 +153,6 @@ class Pretrainer:
         """The selected backbone as a ``backbone`` checkpoint for meta-transfer."""
         if self.best_state is None:
             raise MTLError("pretraining has not validated yet; nothing to export")
-        return {"kind": "backbone", "config": self.cfg.to_dict(), "backbone": self.cfg.model.backbone,
+        return {"kind": "backbone", "backbone": self.backbone,
                 "state": self.best_state, "val_acc": self.best_acc, "epoch": self.best_epoch,
                 "history": copy.deepcopy(self.history)}

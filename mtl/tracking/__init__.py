@@ -13,7 +13,7 @@ _EXPORTS = {
     "resolve_tracking_uri": "mtl.tracking.uri",
     "check_tracking_uri": "mtl.tracking.uri",
     "SweepTracker": "mtl.tracking.mlflow",
-    "SweepCallback": "mtl.tracking.mlflow",
+    "SweepCallback": "mtl.tracking.callback",
     "plot_validation_curves": "mtl.tracking.plots",
     "plot_param_importance": "mtl.tracking.plots",
 }

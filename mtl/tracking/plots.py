@@ -21,29 +21,27 @@ MIN_TRIALS_FOR_IMPORTANCE = 3
 _MAX_LEGEND_ENTRIES = 12
 
 
-def plot_validation_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], metric: str = "val_acc",
+def plot_validation_curves(trials: Sequence[Mapping[str, Any]], metric: str = "val_acc",
                            step_key: str = "epoch") -> Figure:
     """One line per trial: ``metric`` against ``step_key`` (training_iteration if absent).
 
-    ``histories``: trial label -> the trial's results in order. A trial whose last
-    ``step_key`` is below its ``meta_epochs`` (the planned length) was stopped early by ASHA:
-    drawn dashed and ending in a cross. The best final value is drawn bold.
+    ``trials``: rows as :func:`mtl.tune.outcome.trial_row` makes them, each with ``trial_id``
+    (the label), ``history`` (its results in order) and ``stopped_early``. A trial stopped
+    early (by ASHA) is drawn dashed and ending in a cross. The best final value is drawn bold.
     """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
     curves = {}
-    for label, rows in histories.items():
+    for trial in trials:
         points = [(row.get(step_key, row.get("training_iteration", i + 1)), row[metric])
-                  for i, row in enumerate(rows) if _number(row.get(metric))]
+                  for i, row in enumerate(trial.get("history") or ()) if _number(row.get(metric))]
         if points:
-            curves[label] = (points, rows[-1])
+            curves[str(trial["trial_id"])] = (points, bool(trial.get("stopped_early")))
     best = max(curves, key=lambda k: curves[k][0][-1][1], default=None)
-    for label, (points, last) in curves.items():
+    for label, (points, stopped) in curves.items():
         xs, ys = zip(*points)
-        planned = last.get("meta_epochs")
-        stopped = _number(planned) and _number(last.get(step_key)) and last[step_key] < planned
         line, = ax.plot(xs, ys, linestyle="--" if stopped else "-", alpha=0.6 if stopped else 0.9,
                         linewidth=2.5 if label == best else 1.2, marker="o", markersize=3, label=label)
         if stopped:

@@ -1,4 +1,9 @@
-"""Ray Tune sweeps of MTL configs: spec (YAML), study (driver), trainable, shared pretraining cache."""
+"""Ray Tune sweeps of MTL configs.
+
+spec (the YAML), preflight (checks before Ray, the dry-run text), cluster (Ray, resources,
+signals), sweep (the driver: Tuner, winner's test, summary), outcome (how each trial ended),
+summary (rows to table, JSON and MLflow extras), trainable (the adapter to mtl.trial).
+"""
 
 
 class SweepInterrupted(Exception):

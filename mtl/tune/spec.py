@@ -19,62 +19,66 @@ and every bound or choice of the space applied to the base config (so a value th
 would reject fails here, naming the space key).
 """
 
-from __future__ import annotations
-
 import math
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Optional, Sequence
 
-from mtl.config import Config, find_config, load_config
+from pydantic import Field, model_validator
+
+from mtl.config import Config, check_key, field_type
+from mtl.configs import find_config, load_config
 from mtl.errors import ConfigError
-from mtl.typed import as_mapping, flatten, from_flat, read_yaml, to_dict
-
-METRICS = ("val_acc", "best_val_acc", "train_loss", "train_acc")
+from mtl.schema import Float, Int, Section, as_mapping, at_least, fail, in_range, load, positive, read_yaml, satisfies
 
 
-@dataclass(frozen=True)
-class TuneSettings:
-    metric: str = "val_acc"  # reported every meta-training epoch
+class TuneSettings(Section):
+    metric: Literal["val_acc", "best_val_acc", "train_loss", "train_acc"] = "val_acc"  # reported every meta epoch
     mode: Literal["max", "min"] = "max"
-    num_samples: int = 16
-    max_concurrent: int | None = None  # None: as many as the cluster's resources allow at launch
+    num_samples: at_least(1, " (the number of trials)") = 16
+    max_concurrent: Optional[at_least(1)] = None  # None: as many as the cluster's resources allow at launch
     searcher: Literal["optuna", "random"] = "optuna"
     seed: int = 0  # sampler seed
-    n_startup_trials: int = 5  # random trials before TPE models the space
+    n_startup_trials: at_least(1) = 5  # random trials before TPE models the space
     scheduler: Literal["asha", "none"] = "asha"
     time_attr: Literal["epoch", "updates", "training_iteration"] = "epoch"
-    grace_period: int = 1
-    reduction_factor: int = 3
-    max_t: int | None = None  # None: meta.epochs (or its updates)
-    max_failures: int = 2  # retries of a failed trial, from its last checkpoint
-    checkpoints_to_keep: int = 2
+    grace_period: at_least(1) = 1
+    reduction_factor: at_least(2) = 3
+    max_t: Optional[at_least(1)] = None  # None: meta.epochs (or its updates)
+    max_failures: satisfies(Int, lambda v: v >= -1, "must be >= 0 (or -1: retry forever)") = 2  # retries of a trial
+    checkpoints_to_keep: at_least(1) = 2
+
+    @model_validator(mode="after")
+    def _mode_fits_metric(self) -> "TuneSettings":
+        want = "min" if self.metric == "train_loss" else "max"
+        if self.mode != want:
+            raise fail(f"tune.mode = {self.mode!r} does not fit tune.metric = {self.metric!r}; use mode {want}")
+        return self
 
 
-@dataclass(frozen=True)
-class Resources:
-    cpu: float = 1.0
-    gpu: float = 0.0  # fraction of one GPU per trial: 0.25 packs four trials on a GPU
-    wait_for_gpu_s: float = 0.0  # an autoscaling cluster with no GPU node up yet: wait this long for one
+class Resources(Section):
+    cpu: positive() = 1.0
+    # fraction of one GPU per trial: 0.25 packs four trials on a GPU
+    gpu: satisfies(Float, lambda v: 0 <= v <= 1, "must be a fraction of one GPU in (0, 1] (e.g. 0.25 packs four "
+                   "trials per GPU), or 0 for CPU trials") = 0.0
+    wait_for_gpu_s: in_range(0, None, why=" (seconds)") = 0.0  # an autoscaling cluster: wait this long for a GPU
 
 
-@dataclass(frozen=True)
-class Mlflow:
+class Mlflow(Section):
     enabled: bool = True
-    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
-    experiment: str | None = None  # None: the sweep name
+    tracking_uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    experiment: Optional[str] = None  # None: the sweep name
 
 
-@dataclass(frozen=True)
-class SweepSettings:
-    name: str | None = None
-    base: str | None = None
+class SweepSettings(Section):
+    name: Optional[str] = None
+    base: Optional[str] = None
     storage: str = "ray_results"
-    tune: TuneSettings = field(default_factory=TuneSettings)
-    resources: Resources = field(default_factory=Resources)
-    mlflow: Mlflow = field(default_factory=Mlflow)
+    tune: TuneSettings = Field(default_factory=TuneSettings)
+    resources: Resources = Field(default_factory=Resources)
+    mlflow: Mlflow = Field(default_factory=Mlflow)
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,7 @@ class SweepSpec:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "base_config": self.base.to_dict(),
                 "space": {k: {d.kind: list(d.args)} for k, d in self.space.items()},
-                "settings": to_dict(self.settings), "storage": str(self.storage)}
+                "settings": self.settings.to_dict(), "storage": str(self.storage)}
 
 
 SPEC_KEYS = ("name", "base", "config", "space", "storage", "tune", "resources", "mlflow")
@@ -177,16 +181,13 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
         raise ConfigError("override base-config fields directly (e.g. meta.epochs=5) and edit 'space' in the YAML")
 
     settings_tree = {k: doc[k] for k in ("name", "base", "storage", "tune", "resources", "mlflow") if k in doc}
-    flat = flatten(settings_tree, SweepSettings)
-    flat.update(spec_over)
-    settings: SweepSettings = from_flat(SweepSettings, flat, what="sweep spec")
+    settings: SweepSettings = load(SweepSettings, settings_tree, spec_over, what="sweep spec")
     name = settings.name or path.stem
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ConfigError(f"sweep name {name!r} may hold only letters, digits, '.', '_' and '-'")
 
     base = _load_base(path, settings.base, doc.get("config") or {}, cfg_over)
     space = _parse_space(doc.get("space"), base, path)
-    _check_settings(settings, base)
     val_every = {base.eval.val_every, *(space["eval.val_every"].bounds() if "eval.val_every" in space else [])}
     if settings.tune.metric == "val_acc" and val_every != {1}:
         raise ConfigError(f"eval.val_every = {max(val_every)}: a sweep on val_acc needs it every meta epoch (every "
@@ -204,9 +205,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
 
 
 def _replace_storage(s: SweepSettings) -> SweepSettings:
-    from dataclasses import replace
-
-    return replace(s, storage=s.storage.removeprefix("file://"))
+    return s.model_copy(update={"storage": s.storage.removeprefix("file://")})
 
 
 def _load_base(path: Path, base: str | None, inline: Any, cfg_over: dict[str, Any]) -> Config:
@@ -232,14 +231,12 @@ def _parse_space(raw: Any, base: Config, path: Path) -> dict[str, Dist]:
     space = {}
     for key, d in raw.items():
         key = str(key)
-        from mtl.config import check_key
-
         try:
             check_key(key)
         except ConfigError as e:
             raise ConfigError(f"space key {key!r} is not a config field: {e}") from None
         dist = _parse_dist(key, d)
-        if not _takes_fractions(check_key(key)) and (
+        if not _takes_fractions(field_type(key)) and (
                 dist.kind in ("uniform", "loguniform")
                 or dist.kind in ("quniform", "qloguniform") and not all(isinstance(a, int) for a in dist.args)):
             whole = {"uniform": "int", "loguniform": "logint"}.get(dist.kind, dist.kind)
@@ -256,8 +253,8 @@ def _parse_space(raw: Any, base: Config, path: Path) -> dict[str, Dist]:
 
 
 def _takes_fractions(typ: Any) -> bool:
-    """Whether a config field of declared type ``typ`` accepts non-integral numbers."""
-    return typ is float or float in typing.get_args(typ)
+    """Whether a config field of declared type ``typ`` (Annotated, Optional) accepts non-integral numbers."""
+    return typ is float or any(_takes_fractions(a) for a in typing.get_args(typ))
 
 
 def _parse_dist(key: str, d: Any) -> Dist:
@@ -288,28 +285,3 @@ def _parse_dist(key: str, d: Any) -> Dist:
     if n == 3 and not args[2] > 0:
         raise ConfigError(f"space {key}: {kind} step must be positive, got {args[2]}")
     return Dist(kind, tuple(args))
-
-
-def _check_settings(s: SweepSettings, base: Config) -> None:
-    t, r = s.tune, s.resources
-    checks = [
-        (t.num_samples >= 1, "tune.num_samples", t.num_samples, "must be at least 1 (the number of trials)"),
-        (t.max_concurrent is None or t.max_concurrent >= 1, "tune.max_concurrent", t.max_concurrent, "must be at least 1"),
-        (t.metric in METRICS, "tune.metric", t.metric, f"must be one of {', '.join(METRICS)}"),
-        (t.grace_period >= 1, "tune.grace_period", t.grace_period, "must be at least 1"),
-        (t.reduction_factor >= 2, "tune.reduction_factor", t.reduction_factor, "must be at least 2"),
-        (t.max_t is None or t.max_t >= 1, "tune.max_t", t.max_t, "must be at least 1"),
-        (t.max_failures >= -1, "tune.max_failures", t.max_failures, "must be >= 0 (or -1: retry forever)"),
-        (t.checkpoints_to_keep >= 1, "tune.checkpoints_to_keep", t.checkpoints_to_keep, "must be at least 1"),
-        (t.n_startup_trials >= 1, "tune.n_startup_trials", t.n_startup_trials, "must be at least 1"),
-        (r.cpu > 0, "resources.cpu", r.cpu, "must be positive"),
-        (r.wait_for_gpu_s >= 0, "resources.wait_for_gpu_s", r.wait_for_gpu_s, "must be >= 0 (seconds)"),
-        (r.gpu == 0 or 0 < r.gpu <= 1, "resources.gpu", r.gpu,
-         "must be a fraction of one GPU in (0, 1] (e.g. 0.25 packs four trials per GPU), or 0 for CPU trials"),
-    ]
-    for ok, key, value, msg in checks:
-        if not ok:
-            raise ConfigError(f"{key} = {value!r} {msg}")
-    if t.metric == "train_loss" and t.mode != "min" or t.metric != "train_loss" and t.mode != "max":
-        raise ConfigError(f"tune.mode = {t.mode!r} does not fit tune.metric = {t.metric!r}; "
-                          f"use mode {'min' if t.metric == 'train_loss' else 'max'}")

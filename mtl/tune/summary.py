@@ -1,6 +1,7 @@
 """A finished sweep on paper: per-trial rows, the printed table, summary.json, MLflow extras.
 
-Pure functions of Ray Tune's results and the spec; :mod:`mtl.tune.study` calls them.
+Pure functions of Ray Tune's results and the spec; :mod:`mtl.tune.sweep` calls them. The rows
+and outcomes themselves come from :mod:`mtl.tune.outcome`.
 """
 
 from __future__ import annotations
@@ -10,49 +11,29 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from mtl.tune.outcome import OUTCOMES, result_row
 from mtl.tune.spec import SweepSpec
-from mtl.files import write_json_atomic
-from mtl.typed import dotted
 
 log = logging.getLogger(__name__)
 
 
-def trial_rows(result_grid: Any) -> list[dict[str, Any]]:
-    """One row per trial: its searched params, final metrics and outcome."""
-    rows = []
-    for r in result_grid:
-        m = r.metrics or {}
-        epoch, planned = m.get("epoch", 0), m.get("meta_epochs")
-        outcome = "errored" if r.error else ("stopped_early" if planned and epoch < planned else "completed")
-        hist = []
-        df = r.metrics_dataframe
-        if df is not None and "epoch" in df and "val_acc" in df:
-            hist = [{"epoch": int(e), "val_acc": float(v), "meta_epochs": planned}
-                    for e, v in zip(df["epoch"], df["val_acc"]) if v == v]
-        rows.append({
-            "trial_id": m.get("trial_id") or Path(r.path).name,
-            "config": dict(r.config or {}),
-            "val_acc": m.get("val_acc"), "best_val_acc": m.get("best_val_acc"), "val_ci95": m.get("val_ci95"),
-            "train_loss": m.get("train_loss"), "epoch": epoch, "outcome": outcome,
-            "stopped_early": outcome == "stopped_early",
-            "error": str(r.error).splitlines()[0][:300] if r.error else None,
-            "checkpoint": r.checkpoint.path if r.checkpoint else None,
-            "history": hist,
-        })
-    return rows
+def trial_rows(result_grid: Any, default_epochs: int | None) -> list[dict[str, Any]]:
+    """One row per trial (:func:`mtl.tune.outcome.trial_row`); ``default_epochs``: the base
+    config's ``meta.epochs``, the planned length of trials that do not search it."""
+    return [result_row(r, default_epochs) for r in result_grid]
 
 
 def format_table(summary: dict[str, Any], top: int = 8) -> str:
-    b = summary["best"]
-    lines = [f"sweep {summary['name']}: {len(summary['trials'])} trials "
-             f"({sum(t['outcome'] == 'completed' for t in summary['trials'])} completed, "
-             f"{sum(t['stopped_early'] for t in summary['trials'])} stopped early by ASHA, "
-             f"{sum(t['outcome'] == 'errored' for t in summary['trials'])} errored) in {summary['wall_s']:.0f} s"]
+    b, trials = summary["best"], summary["trials"]
+    count = {o: sum(t["outcome"] == o for t in trials) for o in OUTCOMES}
+    lines = [(f"sweep {summary['name']}: {len(trials)} trials ({count['completed']} completed, "
+              f"{count['stopped_early']} stopped early by ASHA, {count['diverged']} diverged, "
+              f"{count['errored']} errored) in {summary['wall_s']:.0f} s")]
     if b:
         lines += [f"best trial {b['trial_id']}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in b["config"].items()),
                   f"  val acc  {100 * b['val_acc']:.2f}%",
-                  f"  test acc {100 * b['test_acc']:.2f}% ± {100 * b['test_ci95']:.2f} "
-                  f"(95% CI, {b['test_episodes']} episodes)"]
+                  (f"  test acc {100 * b['test_acc']:.2f}% ± {100 * b['test_ci95']:.2f} "
+                   f"(95% CI, {b['test_episodes']} episodes)")]
     keys = list(summary["space"])
     ranked = sorted(summary["trials"], key=lambda t: -(t["best_val_acc"] or -1))[:top]
     head = ["trial", *keys, "best_val", "epochs", "outcome"]
@@ -83,21 +64,17 @@ def finished_trials(exp: Path, result_grid: Any) -> int:
         return len(result_grid)
 
 
-def write_json(path: Path, obj: dict[str, Any]) -> None:
-    write_json_atomic(path, obj)
-
-
-def flat_params(spec: SweepSpec) -> dict[str, Any]:
-    params = {f"base.{k}": v for k, v in dotted(spec.base.to_dict()).items()}
-    params.update({f"space.{k}": f"{d.kind}{list(d.args)}" for k, d in spec.space.items()})
-    params.update({f"tune.{k}": v for k, v in dotted(json.loads(json.dumps(spec.describe()["settings"]))).items()})
-    return params
+def sweep_params(spec: SweepSpec) -> dict[str, Any]:
+    """The sweep's parameters for its parent run (nested; the tracker flattens them)."""
+    return {"base": spec.base.to_dict(), "space": {k: f"{d.kind}{list(d.args)}" for k, d in spec.space.items()},
+            "tune": spec.settings.to_dict()}
 
 
 def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
     b = summary["best"] or {}
     out = {k: b[k] for k in ("val_acc", "test_acc", "test_ci95") if b.get(k) is not None}
     out.update(trials=len(summary["trials"]), stopped_early=sum(t["stopped_early"] for t in summary["trials"]),
+               diverged=sum(t["outcome"] == "diverged" for t in summary["trials"]),
                errored=sum(t["outcome"] == "errored" for t in summary["trials"]), wall_s=summary["wall_s"])
     return {("best_" + k if k in ("val_acc", "test_acc", "test_ci95") else k): float(v) for k, v in out.items()}
 
@@ -111,8 +88,7 @@ def artifacts(exp: Path) -> dict[str, Path]:
 def figures(summary: dict[str, Any]) -> dict[str, Any]:
     from mtl.tracking import plot_param_importance, plot_validation_curves
 
-    figs = {"validation_curves.png": plot_validation_curves(
-        {t["trial_id"]: t["history"] for t in summary["trials"]})}
+    figs = {"validation_curves.png": plot_validation_curves(summary["trials"])}
     rows = [{**t["config"], summary["metric"]: t["best_val_acc"]} for t in summary["trials"]
             if t["best_val_acc"] is not None]
     imp = plot_param_importance(rows, list(summary["space"]), summary["metric"])

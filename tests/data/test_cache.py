@@ -47,7 +47,7 @@ def test_entry_layout_and_reuse_without_decoding(folder_root, cache, fakes, monk
     (name,) = fakes.entries(cache)
     assert name == f"folder-train-24px-{idx.fingerprint[:16]}"
     entry = cache / name
-    assert sorted(p.name for p in entry.iterdir()) == ["images.npy", "labels.npy", "meta.json"]
+    assert sorted(p.name for p in entry.iterdir()) == ["COMPLETE", "images.npy", "labels.npy", "meta.json"]
     meta = json.loads((entry / "meta.json").read_text())
     assert meta["class_names"] == ["ant", "bee", "cow"] and meta["offsets"] == [0, 6, 10, 13]
     assert meta["fingerprint"] == idx.fingerprint and "folder/train" in meta["source"]
@@ -129,6 +129,7 @@ def _run(code: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_killed_builder_then_rebuild(folder_root, cache, fakes):
     code = _script(folder_root, cache, """
         calls = [0]
@@ -171,6 +172,7 @@ def test_concurrent_threads_build_once(folder_root, cache, fakes, monkeypatch):
     assert len(fakes.entries(cache)) == 1
 
 
+@pytest.mark.slow
 def test_concurrent_processes_build_once(folder_root, cache, fakes):
     code = _script(folder_root, cache, """
         calls = [0]

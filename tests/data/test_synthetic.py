@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from mtl.config import Data, Synthetic, load_config
+from mtl.config import Data, Synthetic
+from mtl.configs import load_config
 from mtl.data import Split, dataset_fingerprint, index_split, load_split, split_stats
 from mtl.data.baselines import nearest_centroid_accuracy, raw_pixel_nearest_centroid
 from mtl.data.synthetic import MIN_DISTANCE, class_glyphs
@@ -17,7 +17,7 @@ SMALL = Synthetic(train_classes=6, val_classes=3, test_classes=4, images_per_cla
 
 
 def small(size: int = 32, **kw) -> Data:
-    return Data(dataset="synthetic", image_size=size, synthetic=dataclasses.replace(SMALL, **kw))
+    return Data(dataset="synthetic", image_size=size, synthetic=SMALL.model_copy(update=kw))
 
 
 @pytest.mark.parametrize("size", [32, 84])

@@ -1,0 +1,140 @@
+"""One store of entries built once and shared: the data cache and the pretraining cache.
+
+An entry is a folder ``<root>/<key>/``. Building is single-flight and crash-safe: the
+builder holds ``<root>/<key>.lock`` (filelock, so it works across processes, threads and
+NFS clients), fills a private ``<root>/.<key>.tmp-<random>/``, writes the completion marker
+``COMPLETE`` last, fsyncs the whole folder, renames it to ``<key>/`` and fsyncs the root.
+The rename is the publish step: a folder under a key's name is always complete and is read
+without the lock; readers never see partial content, even after a power loss.
+
+Others wait on the lock, then read what the builder made. A builder that wants resumable
+state across crashes keeps it in ``<root>/<key>.partial/`` (created by the builder itself,
+removed once the entry is published). Temporary folders of a crashed builder of the same
+key are removed by the next builder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from filelock import FileLock, Timeout
+
+from mtl.errors import MTLError
+from mtl.files import fsync_dir, fsync_tree, write_json_atomic
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MARKER = "COMPLETE"  # written last into a finished entry: {"key", "created", "host", "pid"}
+
+
+def has_marker(entry: Path) -> bool:
+    return (entry / MARKER).is_file()
+
+
+def _try_acquire(lock: FileLock) -> bool:
+    try:
+        lock.acquire(timeout=0)
+        return True
+    except Timeout:  # a TimeoutError, hence an OSError: keep it from Store.writable
+        return False
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class Store:
+    """Entries under ``root``; ``what`` ("data cache") and ``fix`` (what the user should do
+    when ``root`` cannot be written) make the ``error`` raised for an unwritable root.
+
+    ``complete(entry)`` says whether a published folder is usable; the default checks the
+    marker; a store with folders published before the marker existed passes its own test.
+    """
+
+    def __init__(self, root: str | Path, what: str, fix: str, error: type[MTLError] = MTLError,
+                 complete: Callable[[Path], bool] = has_marker) -> None:
+        self.root, self.what, self.fix, self.error, self.complete = Path(root), what, fix, error, complete
+
+    def path(self, key: str) -> Path:
+        """The published entry folder of ``key`` (it may not exist)."""
+        return self.root / key
+
+    def work_dir(self, key: str) -> Path:
+        """Where a builder of ``key`` may keep state that survives its crash (not created here)."""
+        return self.root / f"{key}.partial"
+
+    def get(self, key: str) -> Path | None:
+        """The entry of ``key`` if it is published and complete, else None; never locks or raises."""
+        entry = self.path(key)
+        try:
+            return entry if entry.is_dir() and self.complete(entry) else None
+        except OSError:
+            return None
+
+    def get_or_build(self, key: str, build: Callable[[Path, Path], None]) -> tuple[Path, bool]:
+        """The entry of ``key`` and whether this call built it.
+
+        If there is none, ``build(tmp_dir, work_dir)`` fills the existing, empty ``tmp_dir``
+        with it (one builder per key at a time; the others wait and then read its result).
+        ``work_dir`` is :meth:`work_dir`. If ``build`` raises, nothing is published.
+        """
+        if (entry := self.get(key)) is not None:
+            return entry, False
+        self.writable(lambda: self.root.mkdir(parents=True, exist_ok=True))
+        lock = FileLock(str(self.root / f"{key}.lock"))
+        if not self.writable(lambda: _try_acquire(lock)):
+            log.info("%s entry %s is being built by another process; waiting", self.what, key)
+            self.writable(lock.acquire)
+        try:
+            if (entry := self.get(key)) is not None:  # somebody finished it while we waited
+                return entry, False
+            self._remove_stale(key)
+            tmp = self.root / f".{key}.tmp-{secrets.token_hex(6)}"
+            self.writable(tmp.mkdir)
+            try:
+                build(tmp, self.work_dir(key))
+                self.writable(lambda: self._publish(key, tmp))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            shutil.rmtree(self.work_dir(key), ignore_errors=True)
+            return self.path(key), True
+        finally:
+            lock.release()
+
+    def writable(self, action: Callable[[], T]) -> T:
+        """Run ``action``; an OSError becomes the store's "cannot write" error (for builders' writes too)."""
+        try:
+            return action()
+        except OSError as e:
+            raise self.error(f"cannot write the {self.what} at {self.root} ({e.strerror or e}); {self.fix}") from None
+
+    def _remove_stale(self, key: str) -> None:
+        # ".<key>.tmp-*" from crashed builders; "<key>.tmp-*" from builders older than this store
+        for stale in [*self.root.glob(f".{key}.tmp-*"), *self.root.glob(f"{key}.tmp-*")]:
+            log.info("removing %s left by an interrupted build", stale)
+            _remove(stale)
+        entry = self.path(key)
+        if entry.exists() or entry.is_symlink():  # something under the key's name that is not complete
+            log.warning("replacing %s entry %s: it is not complete", self.what, entry)
+            aside = self.root / f".{key}.tmp-incomplete-{secrets.token_hex(6)}"
+            self.writable(lambda: os.rename(entry, aside))
+            _remove(aside)
+
+    def _publish(self, key: str, tmp: Path) -> None:
+        write_json_atomic(tmp / MARKER, {"key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                         "host": socket.gethostname(), "pid": os.getpid()})
+        fsync_tree(tmp)
+        os.rename(tmp, self.path(key))
+        fsync_dir(self.root)

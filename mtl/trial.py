@@ -1,0 +1,184 @@
+"""One trial: data -> pre-trained backbone (through the shared store) -> meta-transfer, reporting each epoch.
+
+:func:`run_trial` is the one core that ``python -m mtl train`` (:mod:`mtl.experiment`) and the
+Ray Tune trainable (:mod:`mtl.tune.trainable`) both call; each passes its own ``report``. It
+knows nothing about Ray, folders or MLflow: a test runs a whole trial with ``report=list.append``.
+
+A trial checkpoint is self-describing: besides the meta-transfer state and the resolved config
+it records the backbone it was trained on (``backbone_ref``: content hash, pretraining key,
+where it came from), and a resumed trial refuses a backbone with another hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from mtl.checkpoint import load_checkpoint, save_checkpoint
+from mtl.config import Config, check_against_data, eval_query
+from mtl.data import dataset_fingerprint, index_splits, load_split, split_stats
+from mtl.data.cache import cache_dir
+from mtl.data.transforms import Normalize
+from mtl.episodes import episode_bank
+from mtl.errors import CheckpointError
+from mtl.models.head import HeadInit
+from mtl.models.scale_shift import load_meta_state, set_bn_mode
+from mtl.phases.evaluate import Embedder, evaluate
+from mtl.phases.meta import MetaTrainer, build_meta_model
+from mtl.phases.pretrain import Pretrainer
+from mtl.runtime import Env, make_env
+from mtl.pretraining import PretrainCache
+
+log = logging.getLogger(__name__)
+
+# report(metrics, checkpoint): every epoch of both phases; checkpoint is None for pretraining epochs
+Report = Callable[[dict[str, Any], "dict[str, Any] | None"], None]
+
+
+def load_data(cfg: Config, env: Env, splits: tuple[str, ...] = ("train", "val")) -> dict[str, Any]:
+    """Check episode shapes against the dataset listing, then decode (through the cache) the splits.
+
+    Returns ``{split: Split}`` plus ``"dataset_fingerprint"`` (from the same listing, for the
+    pretraining key), so the dataset is listed once.
+    """
+    indexes = index_splits(cfg.data)
+    check_against_data(cfg, split_stats(cfg.data, indexes))
+    out: dict[str, Any] = {"dataset_fingerprint": dataset_fingerprint(cfg.data, indexes)}
+    for s in splits:
+        split = load_split(cfg.data, s, progress=env.progress, index=indexes[s])
+        out[s] = split.to(env.device) if cfg.runtime.data_on_device else split
+    return out
+
+
+def pretrainer(cfg: Config, env: Env, data: dict[str, Any]) -> Pretrainer:
+    return Pretrainer(cfg.pretrain, env, data["train"], data["val"], backbone=cfg.model.backbone,
+                      normalization=cfg.data.normalization, probe_seed=cfg.eval.seed,
+                      eval_batch=cfg.eval.batch_episodes)
+
+
+def meta_trainer(cfg: Config, env: Env, data: dict[str, Any], backbone: dict[str, torch.Tensor]) -> MetaTrainer:
+    return MetaTrainer(cfg.meta, cfg.model, cfg.hard_tasks, cfg.eval, env, data["train"], data["val"], backbone,
+                       normalization=cfg.data.normalization)
+
+
+def content_hash(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and values (independent of file format)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Backbone:
+    state: dict[str, torch.Tensor]
+    ref: dict[str, Any]  # sha256, key (pretraining entry, "" if given), source, val_acc, status
+
+
+def load_backbone(path: str | Path, backbone: str) -> dict[str, torch.Tensor]:
+    """Pre-trained weights from a ``backbone`` checkpoint or a plain state dict file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"pretrain.checkpoint {path} does not exist; check the path")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        load_checkpoint(path)  # raises the uniform corrupt-checkpoint error
+        raise
+    if isinstance(raw, dict) and raw.get("kind") == "backbone":
+        if raw["backbone"] != backbone:
+            raise CheckpointError(f"{path} holds a {raw['backbone']!r} backbone but model.backbone = "
+                                  f"{backbone!r}; set model.backbone={raw['backbone']}")
+        return raw["state"]
+    if isinstance(raw, dict) and raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
+        return raw
+    raise CheckpointError(f"{path} is neither an mtl backbone checkpoint nor a state dict of tensors")
+
+
+def pretrain_store(cfg: Config) -> Path:
+    """Where ``python -m mtl train`` keeps pretraining entries: beside the decoded-image cache."""
+    return cache_dir(cfg.data) / "pretrain"
+
+
+def pretrained_backbone(cfg: Config, env: Env, data: dict[str, Any], store: str | Path, *, who: str = "",
+                        report: Report | None = None) -> Backbone:
+    """``pretrain.checkpoint`` when given, else the store's entry for this pretraining setup
+    (built here, resumably, if no one built it yet; ``report`` sees its epochs)."""
+    if cfg.pretrain.checkpoint:
+        path = Path(cfg.pretrain.checkpoint)
+        state = load_backbone(path, cfg.model.backbone)
+        return Backbone(state, {"sha256": content_hash(state), "key": "", "source": str(path.resolve()),
+                                "val_acc": None, "status": "given"})
+
+    def build(state_path: Path) -> dict[str, Any]:
+        trainer = pretrainer(cfg, env, data)
+        if state_path.exists():
+            trainer.load_state_dict(load_checkpoint(state_path, trainer.kind))
+            log.info("pretraining resumes after epoch %d", trainer.epoch)
+        while not trainer.done:
+            metrics = trainer.run_epoch()
+            save_checkpoint(state_path, trainer.state_dict())
+            (report or _log_pretrain)(metrics, None)
+        return {**trainer.backbone_payload(), "config": cfg.to_dict()}
+
+    entry = PretrainCache(store).get_or_build(cfg, build, who=who, dataset_fp=data.get("dataset_fingerprint"))
+    return Backbone(entry.state, {"sha256": content_hash(entry.state), "key": entry.key, "source": str(entry.path),
+                                  "val_acc": entry.val_acc, "status": entry.status})
+
+
+def _log_pretrain(m: dict[str, Any], _: Any) -> None:
+    log.info("pretrain epoch %d: val_acc=%.4f", m["epoch"], m.get("val_acc", float("nan")))
+
+
+def run_trial(cfg: Config, *, store: str | Path, report: Report, resume: dict[str, Any] | None = None,
+              who: str = "", env: Env | None = None, data: dict[str, Any] | None = None,
+              embed_backbone: bool = False) -> MetaTrainer:
+    """Pretrain (through ``store``) and meta-train ``cfg`` to its last epoch, or continue from ``resume``
+    (a checkpoint this function reported). After every meta epoch ``report(metrics, checkpoint)`` gets
+    a checkpoint that resumes the trial; with ``embed_backbone`` it also holds the backbone weights,
+    so that it stands alone (``python -m mtl evaluate``). ``env`` and ``data`` (:func:`load_data`)
+    are made here unless the caller already has them."""
+    env = env or make_env(cfg.runtime)
+    data = data or load_data(cfg, env)
+    backbone = pretrained_backbone(cfg, env, data, store, who=who, report=report)
+    trainer = meta_trainer(cfg, env, data, backbone.state)
+    if resume is not None:
+        had = (resume.get("backbone_ref") or {}).get("sha256")
+        if had != backbone.ref["sha256"]:
+            raise CheckpointError(f"the checkpoint to resume was meta-trained on backbone {str(had)[:12]} but "
+                                  f"{backbone.ref['source']} holds {backbone.ref['sha256'][:12]}; resume with the "
+                                  "pretraining store (or pretrain.checkpoint) of the first run")
+        trainer.load_state_dict(resume)
+        log.info("resuming meta-training after epoch %d", trainer.epoch)
+    while not trainer.done:
+        metrics = trainer.run_epoch()
+        ck = {**trainer.state_dict(), "config": cfg.to_dict(), "backbone_ref": backbone.ref,
+              "backbone": backbone.state if embed_backbone else None}
+        report(metrics, ck)
+    return trainer
+
+
+def test_checkpoint(ck: dict[str, Any], cfg: Config, env: Env, split) -> dict[str, Any]:
+    """Few-shot accuracy (mean, 95% CI, per episode) of a meta checkpoint's best state on ``split``:
+    ``cfg.eval.episodes`` episodes drawn with ``cfg.eval.seed + 1`` (the validation bank uses the seed)."""
+    if ck.get("backbone") is None:
+        raise CheckpointError("the checkpoint holds no backbone weights; complete it from its pretraining entry")
+    model = build_meta_model(cfg.model, env, ck["backbone"])
+    head = HeadInit(cfg.meta.way, model.out_dim, init="zeros").to(env.device)  # loaded below; draws no RNG
+    state = ck["best_state"] or ck["current"]
+    load_meta_state(model, state["model"])
+    head.load_state_dict(state["head"])
+    set_bn_mode(model, cfg.model.bn_mode, training=False)
+    embed = Embedder(model, Normalize(cfg.data.normalization, env.device, env.channels_last), env,
+                     transductive=cfg.model.bn_mode == "batch_stats")
+    e, m = cfg.eval, cfg.meta
+    episodes = episode_bank(split.offsets, m.way, m.shot, eval_query(m, e), e.episodes, e.seed + 1)
+    return evaluate(embed, split, episodes, head.weight, head.bias, steps=e.inner_steps, lr=m.inner_lr,
+                    batch_episodes=e.batch_episodes, flip_support=e.protocol == "paper")

@@ -1,0 +1,174 @@
+"""The sweep driver: ``run_sweep(spec)`` is what ``launch/tune.py`` calls.
+
+Preflight (:mod:`mtl.tune.preflight`) first, then Ray (:mod:`mtl.tune.cluster`), the MLflow
+parent run, the shared pretraining, the Tuner, and once every trial has ended the winner's
+test and summary.json, written once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from mtl.configs import save_config
+from mtl.tune import SweepInterrupted
+from mtl.tune.cluster import concurrent_slots, connect, remote, restore_sigterm, sigterm_as_ctrl_c, trial_resources
+from mtl.tune.preflight import SPEC_FILE, Launch, identity, preflight
+from mtl.config import affects_pretraining
+from mtl.tune.spec import SweepSpec
+from mtl.files import write_json_atomic
+from mtl.tune.summary import artifacts, figures, finished_trials, summary_metrics, sweep_params, trial_rows
+
+log = logging.getLogger(__name__)
+_USER_MAX_PENDING = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")  # a user's own setting wins
+
+
+def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = False,
+              ray_init: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or resume) a sweep end to end; returns the summary also written to summary.json."""
+    launch = preflight(spec, resume=resume)
+    start = time.time()
+    connect(address, **(ray_init or {}))
+    sigterm = sigterm_as_ctrl_c()
+    try:
+        return _run(launch, start)
+    finally:
+        restore_sigterm(sigterm)
+
+
+def _run(launch: Launch, start: float) -> dict[str, Any]:
+    spec = launch.spec
+    resources = trial_resources(spec)
+    exp = spec.experiment_dir
+    exp.mkdir(parents=True, exist_ok=True)
+    if not (exp / SPEC_FILE).exists():
+        write_json_atomic(exp / SPEC_FILE, identity(spec))
+    tracker = None
+    callbacks: list[Any] = []
+    if launch.tracking_uri:
+        from mtl.tracking.mlflow import SweepTracker
+
+        tracker = SweepTracker(launch.tracking_uri, launch.experiment, spec.name,
+                               planned_epochs=spec.base.meta.epochs)
+        tracker.start(sweep_params(spec), tags={"spec": spec.source}, reattach=launch.reattach)
+        callbacks.append(tracker.callback())
+    status = "FAILED"
+    try:
+        if not any(affects_pretraining(k) for k in spec.space):
+            import ray
+
+            info = ray.get(remote(_pretrain_task, resources).remote(spec.base.to_dict(), str(launch.cache_root)))
+            log.info("shared pretraining entry %s (%s)", info["key"], info["status"])
+        result_grid = build_tuner(launch, resources, callbacks).fit()
+        # Ctrl+C / SIGUSR1 make Ray Tune save its state and return early: no winner to test yet
+        finished = finished_trials(exp, result_grid)
+        if finished < spec.tune.num_samples:
+            status = "KILLED"
+            raise SweepInterrupted(spec.name, finished, spec.tune.num_samples, exp)
+        mlflow = None if tracker is None else {"tracking_uri": launch.tracking_uri, "experiment": launch.experiment,
+                                               "parent_run_id": tracker.parent_run_id}
+        summary = summarize(launch, result_grid, resources, time.time() - start, mlflow=mlflow)
+        write_json_atomic(exp / "summary.json", summary)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if tracker is not None and status != "FINISHED":
+            tracker.finish({}, status=status)
+    if summary["best"] is None:
+        log.error("no trial produced a checkpoint; see the errors in %s/summary.json", exp)
+    if tracker is not None:
+        tracker.finish(summary_metrics(summary), artifacts=artifacts(exp), figures=figures(summary))
+    return summary
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def build_tuner(launch: Launch, resources: dict[str, float], callbacks: list[Any]):
+    """A new Tuner for the spec, or the saved one restored (with its searcher and callbacks)."""
+    from optuna.samplers import RandomSampler, TPESampler
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from mtl.tune.trainable import train_mtl
+
+    spec, t = launch.spec, launch.spec.tune
+    trainable = tune.with_resources(
+        tune.with_parameters(train_mtl, base=spec.base.to_dict(), cache_root=str(launch.cache_root)), resources)
+    if launch.resume:
+        return tune.Tuner.restore(str(spec.experiment_dir), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    sampler = (TPESampler(seed=t.seed, n_startup_trials=t.n_startup_trials) if t.searcher == "optuna"
+               else RandomSampler(seed=t.seed))
+    scheduler = (ASHAScheduler(time_attr=t.time_attr, max_t=spec.max_t, grace_period=t.grace_period,
+                               reduction_factor=t.reduction_factor) if t.scheduler == "asha" else FIFOScheduler())
+    # With a searcher Ray Tune keeps one trial pending at a time, so trials would start one after
+    # another; let it queue as many as the cluster holds now (an autoscaler may add more later).
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = _USER_MAX_PENDING or str(t.max_concurrent or concurrent_slots(resources))
+    return tune.Tuner(
+        trainable,
+        param_space=spec.param_space(),
+        tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, search_alg=OptunaSearch(sampler=sampler),
+                                    scheduler=scheduler, num_samples=t.num_samples,
+                                    max_concurrent_trials=t.max_concurrent,
+                                    reuse_actors=True,
+                                    trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=str(spec.storage), callbacks=callbacks, verbose=1,
+            failure_config=tune.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=t.checkpoints_to_keep)),
+    )
+
+
+def _pretrain_task(base: dict[str, Any], cache_root: str) -> dict[str, Any]:
+    """Ray task: build (or find) the shared pretraining entry before any trial starts."""
+    from dataclasses import replace
+
+    from mtl.config import config_from_dict
+    from mtl.runtime import make_env
+    from mtl.trial import load_data, pretrained_backbone
+
+    logging.basicConfig(level=logging.INFO)
+    cfg = config_from_dict(base)
+    env = replace(make_env(cfg.runtime), progress=False)
+    ref = pretrained_backbone(cfg, env, load_data(cfg, env), cache_root, who="driver").ref
+    return {"key": ref["key"], "status": ref["status"], "val_acc": ref["val_acc"]}
+
+
+def summarize(launch: Launch, result_grid: Any, resources: dict[str, float], wall_s: float,
+              mlflow: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sweep's summary: one row per trial, and the trial with the best validation accuracy,
+    tested once (its state, config and per-episode accuracies exported to ``best/``)."""
+    import ray
+
+    from mtl.tune.trainable import evaluate_trial
+
+    spec = launch.spec
+    exp = spec.experiment_dir
+    rows = trial_rows(result_grid, spec.base.meta.epochs)
+    candidates = [t for t in rows if t["checkpoint"] and t["best_val_acc"] is not None]
+    best = None
+    if candidates:
+        win = max(candidates, key=lambda t: t["best_val_acc"])
+        (exp / "best").mkdir(parents=True, exist_ok=True)
+        res = ray.get(remote(evaluate_trial, resources).remote(
+            win["checkpoint"], str(launch.cache_root), str(exp / "best" / "meta_state.pt")))
+        cfg = spec.base.with_overrides(win["config"])
+        save_config(cfg, exp / "best" / "config.yaml")
+        (exp / "best" / "test_accs.csv").write_text("episode,acc\n" + "".join(
+            f"{i},{a:.6f}\n" for i, a in enumerate(res["accs"])))
+        best = {"trial_id": win["trial_id"], "config": win["config"], "val_acc": win["best_val_acc"],
+                "test_acc": res["acc"], "test_ci95": res["ci95"], "test_episodes": len(res["accs"]),
+                "checkpoint": str(exp / "best" / "meta_state.pt"), "resolved_config": cfg.to_dict()}
+    summary = {"name": spec.name, "spec": spec.source, "metric": spec.tune.metric,
+               "space": {k: {d.kind: list(d.args)} for k, d in spec.space.items()},
+               "resources": resources, "best": best, "trials": rows, "wall_s": wall_s}
+    if mlflow is not None:
+        summary["mlflow"] = mlflow
+    return summary

@@ -1,0 +1,131 @@
+"""The one trial core without Ray: reports, self-describing checkpoints, exact resume, the shared
+pretraining store, the pretraining key derived from the schema, and no global state touched."""
+
+import typing
+
+import pytest
+import torch
+
+from tiny_settings import TINY
+from mtl.config import all_keys, affects_pretraining, field_type, pretraining_keys
+from mtl.configs import load_config
+from mtl.errors import CheckpointError
+from mtl.pretraining import VIA_FINGERPRINT, pretrain_key
+from mtl.runtime import make_env
+from mtl.trial import content_hash, load_data, meta_trainer, pretrainer, run_trial
+
+
+class Recorder:
+    def __init__(self, stop_after: int | None = None):
+        self.rows, self.checkpoints, self.stop_after = [], [], stop_after
+
+    def __call__(self, metrics, checkpoint):
+        self.rows.append(metrics)
+        if checkpoint is not None:
+            self.checkpoints.append(checkpoint)
+            if self.stop_after is not None and len(self.checkpoints) == self.stop_after:
+                raise KeyboardInterrupt
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k not in ("episodes_per_s", "images_per_s")} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def trial(tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    cfg = load_config("synthetic", TINY)
+    rec = Recorder()
+    trainer = run_trial(cfg, store=store, report=rec)
+    return cfg, store, rec, trainer
+
+
+def test_a_whole_trial_runs_without_ray_and_reports_every_epoch(trial):
+    cfg, store, rec, trainer = trial
+    assert [(r["phase"], r["epoch"]) for r in rec.rows] == [("pretrain", 1), ("pretrain", 2),
+                                                           ("meta", 1), ("meta", 2), ("meta", 3)]
+    assert len(rec.checkpoints) == 3 and trainer.done
+    assert all("val_acc" in r for r in rec.rows if r["phase"] == "meta")
+
+
+def test_checkpoint_names_its_backbone(trial):
+    cfg, store, rec, _ = trial
+    ref = rec.checkpoints[-1]["backbone_ref"]
+    key = pretrain_key(cfg, load_data(cfg, make_env(cfg.runtime), ())["dataset_fingerprint"])
+    assert ref["key"] == key and ref["source"] == str(store / key) and ref["status"] == "built"
+    from mtl.pretraining import PretrainCache
+
+    assert ref["sha256"] == content_hash(PretrainCache(store).lookup(key).state)
+    assert rec.checkpoints[-1]["config"] == cfg.to_dict() and rec.checkpoints[-1]["backbone"] is None
+
+
+def test_second_trial_reuses_the_store_and_resumes_exactly(trial):
+    cfg, store, rec, _ = trial
+    stopped = Recorder(stop_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(cfg, store=store, report=stopped)
+    assert [r["phase"] for r in stopped.rows] == ["meta"]  # pretraining came from the store
+    assert stopped.checkpoints[0]["backbone_ref"]["status"] == "hit"
+    resumed = Recorder()
+    run_trial(cfg, store=store, report=resumed, resume=stopped.checkpoints[0])
+    assert [r["epoch"] for r in resumed.rows] == [2, 3]
+    assert _strip(stopped.rows + resumed.rows) == _strip([r for r in rec.rows if r["phase"] == "meta"])
+
+
+def test_resume_on_another_backbone_is_refused(trial, tmp_path):
+    cfg, store, rec, _ = trial
+    ck = {**rec.checkpoints[0], "backbone_ref": {**rec.checkpoints[0]["backbone_ref"], "sha256": "0" * 64}}
+    with pytest.raises(CheckpointError, match="meta-trained on backbone 000000000000"):
+        run_trial(cfg, store=store, report=Recorder(), resume=ck)
+
+
+REGISTRY_ALTERNATIVES = {"data.dataset": "folder", "data.normalization": "imagenet", "model.backbone": "resnet12",
+                         "meta.head_init": "zeros", "pretrain.recipe": "tf"}
+
+
+def _other_value(key, value):
+    """A different value the config accepts for ``key``."""
+    if key in REGISTRY_ALTERNATIVES:
+        return REGISTRY_ALTERNATIVES[key]
+    typ = field_type(key)
+    args = [a for a in typing.get_args(typ)]
+    while typing.get_origin(typ) is not typing.Literal and args and typ not in (bool, int, float, str):
+        typ = next(a for a in args if a is not type(None))
+        args = list(typing.get_args(typ))
+    if typing.get_origin(typ) is typing.Literal:
+        return next(a for a in typing.get_args(typ) if a != value)
+    if value is None:
+        return {str: "/elsewhere", int: 1}.get(typ, 1)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value / 2 if value > 0 else 0.05
+    return value + "-other"
+
+
+def test_pretraining_key_changes_with_every_marked_field_and_no_other():
+    base = load_config("synthetic", ["hard_tasks.top_m=1"])
+    key = pretrain_key(base, dataset_fp="fixed")
+    for k in all_keys():
+        over = {k: _other_value(k, base.get(k))}
+        if k == "data.dataset":
+            over["data.root"] = "/data/folder"
+        changed = pretrain_key(base.with_overrides(over), dataset_fp="fixed") != key
+        assert changed == (k in pretraining_keys() and k not in VIA_FINGERPRINT), (k, over)
+        assert affects_pretraining(k) == (k in pretraining_keys())
+    assert affects_pretraining("data.root") and not affects_pretraining("meta.inner_lr")
+
+
+def test_trainers_leave_the_global_rng_alone():
+    cfg = load_config("synthetic", TINY)
+    env = make_env(cfg.runtime)
+    data = load_data(cfg, env)
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    p = pretrainer(cfg, env, data)
+    p.run_epoch()
+    m = meta_trainer(cfg, env, data, p.model.state_dict())
+    m.run_epoch()
+    assert torch.equal(torch.get_rng_state(), before)
