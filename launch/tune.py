@@ -2,14 +2,15 @@
 """Search MTL hyperparameters with Ray Tune (Optuna + ASHA), logging every trial to MLflow.
 
     python launch/tune.py search_spaces/mini1shot.yaml [--address ADDR] [--storage DIR]
-                          [--resume] [--set key=value ...] [--dry-run]
+                          [--resume] [--set key=value ...] [--dry-run] [--verbose]
 
 Without --address a local Ray starts; with it (host:port of a running head, or "auto")
 the sweep joins that cluster. ``ray job submit --working-dir . -- python launch/tune.py ...``
 runs it on a cluster. Errors in the input print one line and exit with status 2. Ctrl+C or
 SIGTERM (``ray job stop``, a batch scheduler) stop the sweep with its state saved, print the
 command that resumes it and exit with status 130; after a crash (SIGKILL) --resume continues
-from Ray Tune's last state snapshot.
+from Ray Tune's last state snapshot. The terminal shows each trial's epochs and outcome and the
+sweep's progress with an ETA; --verbose adds Ray's, Ray Tune's and Optuna's own output.
 """
 
 from __future__ import annotations
@@ -27,27 +28,32 @@ from mtl.errors import MTLError
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="launch/tune.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("spec", help="sweep spec YAML, e.g. search_spaces/mini1shot.yaml")
+    specs = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
+    ap.add_argument("spec", help=f"sweep spec YAML; ready ones in search_spaces/: {', '.join(specs)}")
     ap.add_argument("--address", help="Ray cluster to join (host:port or auto); default: start a local Ray")
     ap.add_argument("--storage", help="folder for sweep results and the pretraining cache (overrides the spec)")
     ap.add_argument("--resume", action="store_true", help="continue the sweep of the same name after an interruption")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a spec setting (tune.num_samples=8) or a base-config field (meta.epochs=5)")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved sweep and start nothing")
+    ap.add_argument("--verbose", action="store_true", help="also show Ray's, Ray Tune's and Optuna's own output")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from mtl.tune.cluster import LOG_DATEFMT, LOG_FORMAT, configure_output
+
+    configure_output(args.verbose)  # before anything imports ray
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt=LOG_DATEFMT)
     from mtl.tune import SweepInterrupted
     from mtl.tune.spec import load_spec
 
     try:
         overrides = list(args.overrides) + ([f"storage={args.storage}"] if args.storage else [])
         spec = load_spec(args.spec, overrides)
-        from mtl.tune.preflight import describe  # torch: after the cheap checks
-        from mtl.tune.summary import format_table
+        from mtl.tune.preflight import dry_run  # torch: after the cheap checks
+        from mtl.tune.summary import format_table, next_steps
         from mtl.tune.sweep import run_sweep
 
         if args.dry_run:
-            print(describe(spec))
+            print(dry_run(spec))
             return 0
         summary = run_sweep(spec, address=args.address, resume=args.resume)
     except MTLError as e:
@@ -62,11 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted; run the same command again, with --resume if the sweep folder exists",
               file=sys.stderr)
         return 130
+    if summary.get("reused"):
+        print(f"sweep {spec.name} finished already; nothing was run (--set name=<new name> starts another). "
+              "Its summary:")
     print(format_table(summary))
-    print(f"summary: {spec.experiment_dir / 'summary.json'}")
-    if summary.get("mlflow"):
-        uri = summary["mlflow"]["tracking_uri"]
-        print(f"compare trials: {'mlflow ui --backend-store-uri ' + uri if uri.startswith('sqlite') else 'open ' + uri}")
+    print(next_steps(summary) if summary["best"] else f"summary: {spec.experiment_dir / 'summary.json'}")
+    if (summary.get("mlflow") or {}).get("ui_url"):
+        print(f"then open:          {summary['mlflow']['ui_url']}")
     return 0 if summary["best"] else 1
 
 

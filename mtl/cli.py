@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from mtl.configs import packaged_configs
 from mtl.errors import MTLError
 
 log = logging.getLogger("mtl")
@@ -21,17 +22,18 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m mtl", description="Meta-Transfer Learning, one experiment")
     sub = ap.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="pretrain -> meta-transfer -> test")
-    tr.add_argument("config", help="YAML path or packaged config name (e.g. synthetic, mini_1shot)")
+    tr.add_argument("config", help=f"YAML path or packaged config name: {', '.join(packaged_configs())}")
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field, e.g. --set meta.inner_lr=0.02 (repeatable)")
     tr.add_argument("--out", help="output folder (default runs/<config>-<time>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
     ev = sub.add_parser("evaluate", help="re-evaluate a meta checkpoint (meta_state.pt)")
-    ev.add_argument("checkpoint")
-    ev.add_argument("--split", choices=["test", "val"], default="test")
+    ev.add_argument("checkpoint", help="a run's meta_state.pt, or a sweep's best/meta_state.pt")
+    ev.add_argument("--split", choices=["test", "val"], default="test",
+                    help="the split to evaluate on (default: test)")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override eval.* (episodes, query, inner_steps, protocol, seed) or data.root")
-    ev.add_argument("--out", help="write the result JSON here")
+    ev.add_argument("--out", help="write the result JSON (accuracy, CI, per-episode accuracies) here")
     for p in (tr, ev):
         p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the result")
     return ap

@@ -8,7 +8,7 @@ An unknown key, a wrong type or an impossible value raises :class:`~mtl.errors.C
 with one line that names the key and the fix.
 
 Pretraining fields left ``None`` are filled from the chosen recipe (``pt``: the official
-PyTorch code's SGD recipe; ``tf``: the TensorFlow code's Adam recipe, mtl-algorithm.md §2), so
+PyTorch code's SGD recipe; ``tf``: the TensorFlow code's Adam recipe, docs/algorithm.md §2), so
 the resolved config written next to a result states every number that was used. Fields that
 change what pretraining produces are marked (:func:`~mtl.schema.pretraining_field`, or a section's
 ``pretraining = True``); :func:`pretraining_keys` lists them and the pretraining cache key is
@@ -52,7 +52,7 @@ class Data(Section):
 
 class Model(Section):
     backbone: choice(BACKBONES) = pretraining_field("tiny")  # resnet12 (paper), resnet25 (official PyTorch code), tiny
-    # BN in meta-transfer (mtl-algorithm.md §9.3): frozen = running stats and affine fixed;
+    # BN in meta-transfer (docs/algorithm.md §9.3): frozen = running stats and affine fixed;
     # train_affine = BN affine learns with lr_ss and batch statistics are used in training;
     # batch_stats = TF behaviour, batch statistics always (transductive at test).
     bn_mode: Literal["frozen", "train_affine", "batch_stats"] = "frozen"
@@ -60,7 +60,7 @@ class Model(Section):
     scale_granularity: Literal["kernel", "channel"] = "kernel"  # Cout x Cin x 1 x 1, or Cout x 1 x 1 x 1 ablation
 
 
-# official PyTorch code (run_pre.py), mtl-algorithm.md §2
+# official PyTorch code (run_pre.py), docs/algorithm.md §2
 RECIPES.register("pt")(dict(epochs=110, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
                             weight_decay=5e-4, lr_step=30, lr_gamma=0.2, augment=True, dropout=0.0))
 # TF code: Adam 1e-3 halved every 5k iterations, batch 64, 10k iterations, dropout 0.1, no
@@ -125,7 +125,7 @@ class Meta(Section):
 
 
 class HardTasks(Section):
-    """Hard-task meta-batch (mtl-algorithm.md §4.3)."""
+    """Hard-task meta-batch (docs/algorithm.md §4.3)."""
 
     ratio: in_range(0, 1, "[)", ": the share of hard updates (0 turns them off)") = 1 / 3
     window: Count = 10  # normal meta-batches whose failure classes are pooled

@@ -1,4 +1,4 @@
-"""Hard-task (HT) meta-batch scheduling (mtl-algorithm.md §4.3).
+"""Hard-task (HT) meta-batch scheduling (docs/algorithm.md §4.3).
 
 After every normal meta-batch the trainer hands over each task's per-class query accuracy.
 Each task's failure class(es) go into a pool; after ``window`` normal meta-batches, if the

@@ -125,7 +125,7 @@ def pretrained_backbone(cfg: Config, env: Env, data: dict[str, Any], store: str 
         while not trainer.done:
             metrics = trainer.run_epoch()
             save_checkpoint(state_path, trainer.state_dict())
-            (report or _log_pretrain)(metrics, None)
+            report(metrics, None) if report else _log_pretrain(metrics, cfg.pretrain.epochs)
         return {**trainer.backbone_payload(), "config": cfg.to_dict()}
 
     entry = PretrainCache(store).get_or_build(cfg, build, who=who, dataset_fp=data.get("dataset_fingerprint"))
@@ -133,8 +133,8 @@ def pretrained_backbone(cfg: Config, env: Env, data: dict[str, Any], store: str 
                                   "val_acc": entry.val_acc, "status": entry.status})
 
 
-def _log_pretrain(m: dict[str, Any], _: Any) -> None:
-    log.info("pretrain epoch %d: val_acc=%.4f", m["epoch"], m.get("val_acc", float("nan")))
+def _log_pretrain(m: dict[str, Any], epochs: int) -> None:
+    log.info("pretrain epoch %d/%d: val_acc=%.4f", m["epoch"], epochs, m.get("val_acc", float("nan")))
 
 
 def run_trial(cfg: Config, *, store: str | Path, report: Report, resume: dict[str, Any] | None = None,

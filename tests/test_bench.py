@@ -22,7 +22,7 @@ META = [f"meta_{s}shot_{n}steps_mb{b}" for s in (1, 5) for b in (1, 4) for n in 
 FIGURES = ["pretrain", *META, "eval_1shot_600", "eval_5shot_600"]
 
 
-def _bench(tmp_path, *args, timeout=240):
+def _bench(tmp_path, *args, timeout=1500):
     out = tmp_path / "out.json"
     cmd = [sys.executable, "-m", "mtl.bench", "--set", "device=cpu", "--set", "threads=1", "--quick",
            "--json", str(out), *args]

@@ -15,7 +15,7 @@ from mtl.experiment import run_experiment
 
 def _run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "mtl", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=900)
 
 
 def _sets(items):

@@ -250,7 +250,6 @@ def ray_head():
 
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.timeout(300)
 def test_smoke_sweep_as_job(ray_head, tmp_path):
     url, env = ray_head
     storage = tmp_path / "results"
@@ -266,11 +265,11 @@ def test_smoke_sweep_as_job(ray_head, tmp_path):
            "--", "python", "launch/tune.py", "search_spaces/smoke.yaml", "--storage", str(storage), *sets]
     t0 = time.time()
     try:
-        job = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=200)
+        job = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=1500)
     except subprocess.TimeoutExpired as e:
         subprocess.run([RAY, "job", "stop", "--address", url, sid], check=False, env=env, capture_output=True,
                        timeout=60)
-        pytest.fail(f"job {sid} did not finish in 200 s; output so far:\n{e.stdout or ''}{e.stderr or ''}")
+        pytest.fail(f"job {sid} did not finish in 1500 s; output so far:\n{e.stdout or ''}{e.stderr or ''}")
     out = job.stdout + job.stderr
     print(f"job {sid}: exit {job.returncode} after {time.time() - t0:.1f} s")
     assert job.returncode == 0, f"ray job submit failed:\n{out[-8000:]}"

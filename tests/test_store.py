@@ -113,7 +113,7 @@ def test_two_processes_build_once(tmp_path):
              for _ in range(2)]
     for p in procs:
         p.start()
-    got = [results.get(timeout=300) for _ in procs]
+    got = [results.get(timeout=1500) for _ in procs]
     for p in procs:
         p.join(timeout=120)
         assert p.exitcode == 0

@@ -1,6 +1,7 @@
 """MLflow tracking of a sweep: URI checks, parent/child runs from a real local Tuner, resume
-(runs found again by their tags), trial outcomes, and the summary figures. One Ray cluster and
-one SQLite store for the whole module."""
+(runs found again by their tags), trial outcomes, what MLflow's UI is given (the runs view, a
+saved view, run names, the winner, bookkeeping as tags), and the summary figures. One Ray
+cluster and one SQLite store for the whole module."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import http.server
 import itertools
 import json
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from mtl.tracking import (
     plot_validation_curves,
     resolve_tracking_uri,
 )
+from mtl.tracking.runlog import trial_run_name
 from mtl.tune.outcome import error_message, outcome, planned_epochs, result_row, trial_row
 
 mlflow = pytest.importorskip("mlflow")
@@ -36,7 +39,6 @@ EPOCHS = 4
 LRS = [0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
 
 
-# --- tracking URI ---------------------------------------------------------------------------
 
 def test_default_uri_is_sqlite_in_cwd(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -103,7 +105,6 @@ def test_import_does_not_load_mlflow():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-# --- a real sweep --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
@@ -176,6 +177,15 @@ def test_sweep_makes_one_parent_and_one_child_per_trial(sweep, store):
     assert set(children["tags.trial_id"]) == {r.metrics["trial_id"] for r in results}
     assert set(children["params.meta.inner_lr"]) == {str(lr) for lr in LRS}
     assert set(children["params.model.backbone"]) == {"tiny"}
+    # named by sequence number and searched value (the grid's counter starts at 0; the constant
+    # model.backbone is not searched)
+    names = dict(zip(children["params.meta.inner_lr"], children["tags.mlflow.runName"]))
+    assert all(re.fullmatch(rf"t0[0-5] inner_lr={lr}", names[str(lr)]) for lr in LRS), names
+    assert len({n[:3] for n in names.values()}) == len(LRS)
+    assert all(n.endswith(f"_{t}") for n, t in zip(children["tags.trial_name"], children["tags.trial_id"]))
+    view = json.loads(mlflow.MlflowClient(store[0]).get_experiment_by_name("sweep-test").tags[
+        "mlflow.sharedViewState.sweep-001"])
+    assert json.loads(view["state"])["selectedColumns"][:2] == ["params.`meta.inner_lr`", "metrics.`val_acc`"]
     assert "RUNNING" not in set(children["status"])
     assert tracker.parent_run_id == parent_id
     assert tracker.children == dict(zip(children["tags.trial_id"], children["run_id"]))
@@ -227,8 +237,8 @@ def test_every_reported_epoch_is_in_the_metric_history(sweep, store):
         if not reported:  # the errored trial
             continue
         logged = set(client.get_run(run_id).data.metrics)
-        assert {"val_acc", "val_ci95", "train_loss", "epoch", "hard_share", "time_this_iter_s"} <= logged
-        assert not logged & {"timestamp", "pid", "training_iteration", "meta_epochs", "done"}
+        assert {"val_acc", "val_ci95", "train_loss", "hard_share", "time_this_iter_s"} <= logged
+        assert not logged & {"timestamp", "pid", "training_iteration", "meta_epochs", "done", "epoch"}
     spans = sorted((row.start_time, row.end_time) for row in runs.itertuples())
     assert any(b[0] < a[1] for a, b in itertools.pairwise(spans)), "trials never overlapped"
 
@@ -242,14 +252,21 @@ def test_finish_logs_summary_artifacts_and_figures(sweep, store, tmp_path):
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "model.pt").write_bytes(b"\0" * 8)
     rows = [trial_row(tid, {}, history[-1], None, EPOCHS, history=history) for tid, history in seen.items()]
+    best_id = best.metrics["trial_id"]
+    table = f"sweep sweep-001: 6 trials\ntop trials:\n  trial     best_val\n  {best_id}  {best.metrics['val_acc']:.2f}"
     tracker.finish({"best_val_acc": best.metrics["val_acc"], "test_acc": 0.5, "test_ci95": 0.01,
                     "best_trial": best.metrics["trial_id"]},
                    artifacts={"summary.json": summary, "config/resolved.yaml": summary,
                               "winner": tmp_path / "ckpt"},
-                   figures={"val_curves": plot_validation_curves(rows)})
+                   figures={"val_curves": plot_validation_curves(rows)}, best_trial=best_id, description=table)
     client = mlflow.MlflowClient(store[0])
     run = client.get_run(parent_id)
     assert run.info.status == "FINISHED"
+    # the winner, marked on both sides, and the summary table as the parent's description
+    assert (run.data.tags["best_trial"], run.data.tags["best_run_id"]) == (best_id, tracker.children[best_id])
+    children = _runs(store[0], "sweep-test").query("`tags.mlflow.parentRunId` == @parent_id")
+    assert list(children.loc[children["tags.best"] == "true", "tags.trial_id"]) == [best_id]
+    assert run.data.tags["mlflow.note.content"] == f"```\n{table}\n```"
     assert run.data.metrics["best_val_acc"] == pytest.approx(best.metrics["val_acc"])
     assert run.data.tags["summary.best_trial"] == best.metrics["trial_id"]
     listed = {a.path for a in client.list_artifacts(parent_id)}
@@ -281,12 +298,13 @@ def test_restored_tuner_reattaches_child_runs(sweep, store):
     assert "RUNNING" not in set(after.loc[after["tags.mlflow.parentRunId"].notna(), "status"])
 
 
-# --- resume, retries, robustness (callback hooks driven directly) ----------------------------
 
 class FakeTrial:
-    def __init__(self, trial_id, config, last_result=None, num_failures=0, error_file=None):
+    def __init__(self, trial_id, config, last_result=None, num_failures=0, error_file=None, experiment_tag="",
+                 evaluated_params=None):
         self.trial_id, self.config, self.last_result = trial_id, config, last_result or {}
         self.num_failures, self.path, self.error_file = num_failures, None, error_file
+        self.experiment_tag, self.evaluated_params = experiment_tag, evaluated_params or {}
 
     def __str__(self):
         return f"fake_{self.trial_id}"
@@ -400,10 +418,120 @@ def test_interrupted_sweep_closes_running_children(store):
     cb.on_trial_result(0, [], FakeTrial("t1", {}), {"acc@5": 0.5, "epoch": 1, "grad": {"norm": 2}})
     tracker.finish({}, status="KILLED")
     runs = _runs(store[0], "interrupt-test").set_index("tags.mlflow.runName")
-    assert runs.loc["fake_t1", "params.opt.betas_0_"] == "0.9"  # keys MLflow would refuse, repaired
-    assert runs.loc["fake_t1", "metrics.acc_5"] == 0.5 and runs.loc["fake_t1", "metrics.grad.norm"] == 2
-    assert runs.loc["fake_t1", "status"] == "KILLED" and runs.loc["fake_t1", "tags.outcome"] == "interrupted"
+    t1 = "t1 a=1 betas[0]=0.9"  # no sequence number (no Ray experiment tag): named by its id and config
+    assert runs.loc[t1, "params.opt.betas_0_"] == "0.9"  # keys MLflow would refuse, repaired
+    assert runs.loc[t1, "metrics.acc_5"] == 0.5 and runs.loc[t1, "metrics.grad.norm"] == 2
+    assert runs.loc[t1, "status"] == "KILLED" and runs.loc[t1, "tags.outcome"] == "interrupted"
     assert runs.loc["sweep-i", "status"] == "KILLED"
+
+
+def test_experiment_opens_in_the_runs_view_with_the_sweeps_saved_view(store):
+    """MLflow 3.17's UI shows an experiment as GenAI (traces) unless told otherwise: the tracker
+    tags the experiment's kind and primary metric, and saves a view of the runs table that
+    ranks the trials by val_acc with the searched params as columns; ui_url opens it."""
+    uri = store[0]
+    client = mlflow.MlflowClient(uri)
+    exp_id = client.create_experiment("kind-test", tags={"mlflow.experimentKind": "genai_development"})
+    tracker = SweepTracker(uri, "kind-test", "sweep k")
+    tracker.start({})
+    tags = client.get_experiment(exp_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"  # reused: re-tagged
+    assert tags["mlflow.experiment.primaryMetric.name"] == "val_acc"
+    tracker.callback().on_trial_start(0, [], FakeTrial("t1", {"meta.inner_lr": 0.1, "hard_tasks.ratio": 0.5}))
+    view = json.loads(client.get_experiment(exp_id).tags["mlflow.sharedViewState.sweep_k"])
+    assert view["name"] == "sweep sweep k" and isinstance(view["createdAt"], int)
+    state = json.loads(view["state"])
+    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`val_acc`", False)
+    assert state["selectedColumns"][:3] == ["params.`meta.inner_lr`", "params.`hard_tasks.ratio`", "metrics.`val_acc`"]
+    assert state["columnOrder"] == ["attributes.`Run Name`", *state["selectedColumns"]]
+    charts = state["compareRunCharts"]  # the chart view: val_acc's curves first, then the params against it
+    assert [(c["type"], c.get("metricKey")) for c in charts[:2]] == [("LINE", "val_acc"), ("PARALLEL", None)]
+    assert charts[1]["selectedParams"] == ["meta.inner_lr", "hard_tasks.ratio"]
+    assert {c["metricSectionId"] for c in charts} == {s["uuid"] for s in state["compareRunSections"]}
+    assert tracker.ui_url() == (f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs"
+                                "?workflowType=machine_learning&viewStateShareKey=sweep_k")
+    assert tracker.ui_url("http://10.0.0.5:5055/").startswith(f"http://10.0.0.5:5055/#/experiments/{exp_id}/runs?")
+    # a user's own machine-learning kind stays; a resumed sweep keeps the view's columns
+    client.set_experiment_tag(exp_id, "mlflow.experimentKind", "finetuning")
+    SweepTracker(uri, "kind-test", "sweep k").start({}, reattach=True)
+    tags = client.get_experiment(exp_id).tags
+    assert tags["mlflow.experimentKind"] == "finetuning"
+    assert json.loads(tags["mlflow.sharedViewState.sweep_k"]) == view
+    # a new experiment is tagged when created; the link of a tracking server is the server itself
+    SweepTracker(uri, "kind-new-test", "s", metric="loss", mode="min").start({})
+    tags = client.get_experiment_by_name("kind-new-test").tags
+    assert (tags["mlflow.experimentKind"], tags["mlflow.experiment.primaryMetric.name"]) == ("custom_model_development",
+                                                                                             "loss")
+    assert json.loads(json.loads(tags["mlflow.sharedViewState.s"])["state"])["orderByAsc"] is True
+    remote = SweepTracker("http://tracking.example:5000", "e", "s")
+    remote.experiment_id = "7"
+    assert remote.ui_url().startswith("http://tracking.example:5000/#/experiments/7/runs?")
+
+
+def test_child_run_name_is_the_sequence_number_and_searched_values():
+    optuna = FakeTrial("c5186a3f", {"meta.inner_lr": 0.0312345}, experiment_tag="3_hard_tasks.ratio=0.33,meta.inn",
+                       evaluated_params={"meta.inner_lr": 0.0312345, "meta.inner_steps": 10,
+                                         "hard_tasks.ratio": 0.3333333333})
+    assert trial_run_name(optuna) == "t03 inner_lr=0.0312 inner_steps=10 ratio=0.333"
+    clash = FakeTrial("x", {}, experiment_tag="12", evaluated_params={
+        "pretrain.lr": 0.1, "meta.lr": 1e-4, "model.backbone": "resnet12", "first_order": True})
+    assert trial_run_name(clash) == "t12 pretrain.lr=0.1 meta.lr=0.0001 backbone=resnet12 first_order=True"
+    long = FakeTrial("y", {}, experiment_tag="7", evaluated_params={f"meta.key_{i}": 0.123456 for i in range(20)})
+    name = trial_run_name(long)
+    assert len(name) <= 80 and name.startswith("t07 key_0=0.123 key_1=0.123 ") and name.endswith("0.123…")
+    assert trial_run_name(FakeTrial("t9", {"a": 1, "opt": {"b": 0.5}})) == "t9 a=1 b=0.5"  # no sequence number
+
+
+def test_bookkeeping_is_tagged_not_plotted(store):
+    """Of what the trainable reports, the series that change are metrics at the epoch; its
+    constants are tags set once, its running totals tags at their latest value."""
+    from mtl.tune.trainable import REPORTED
+
+    tracker = SweepTracker(store[0], "bookkeeping-test", "sweep-b")
+    tracker.start({})
+    cb = tracker.callback()
+    trial = FakeTrial("t1", {"meta.inner_lr": 0.1})
+    cb.on_trial_start(0, [], trial)
+    for epoch in (1, 2):
+        result = {**dict.fromkeys(REPORTED, 0.25), "epoch": epoch, "updates": 10 * epoch, "pretrain_val_acc": 0.6125,
+                  "pretrain_built": 1, "time_this_iter_s": 1.5, "time_total_s": 3.0 * epoch,
+                  "training_iteration": epoch, "trial_id": "t1", "done": False}
+        cb.on_trial_result(0, [], trial, result)
+    client = mlflow.MlflowClient(store[0])
+    run = client.get_run(tracker.children["t1"])
+    assert set(run.data.metrics) == set(REPORTED) - {"epoch", "updates", "hard_share_total"} | {"time_this_iter_s"}
+    assert set(run.data.metrics) >= {"val_acc", "val_ci95", "best_val_acc", "train_loss", "train_acc", "hard_share",
+                                     "episodes_per_s", "lr_ss", "lr_head", "time_this_iter_s"}
+    tags = run.data.tags
+    assert (tags["pretrain_val_acc"], tags["pretrain_built"]) == ("0.6125", "1")
+    assert (tags["updates"], tags["hard_share_total"], tags["time_total_s"]) == ("20", "0.25", "6")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "lr_head")] == [1, 2]
+
+
+def test_finish_marks_one_winner_and_describes_the_sweep(store, caplog):
+    uri = store[0]
+    first = SweepTracker(uri, "best-test", "sweep-w")
+    parent_id = first.start({})
+    for tid in ("t1", "t2"):
+        first.callback().on_trial_start(0, [], FakeTrial(tid, {"x": 1}))
+    first.finish({}, best_trial="t1", description="a table")
+    second = SweepTracker(uri, "best-test", "sweep-w")  # resumed, and another trial won
+    second.start({}, reattach=True)
+    second.finish({}, best_trial="t2", description="```\nready-made block\n```")
+    runs = _runs(uri, "best-test").set_index("tags.trial_id")
+    assert runs.loc["t2", "tags.best"] == "true" and runs["tags.best"].count() == 1
+    parent = mlflow.MlflowClient(uri).get_run(parent_id).data.tags
+    assert (parent["best_trial"], parent["best_run_id"]) == ("t2", runs.loc["t2", "run_id"])
+    assert parent["mlflow.note.content"] == "```\nready-made block\n```"
+    third = SweepTracker(uri, "best-test", "sweep-w")
+    third.start({}, reattach=True)
+    with caplog.at_level("WARNING", logger="mtl.tracking.mlflow"):
+        third.finish({}, best_trial="t404")
+    assert "hold no run of its best trial t404" in caplog.text
+    parent = mlflow.MlflowClient(uri).get_run(parent_id).data.tags
+    assert parent["best_trial"] == "t404" and "best_run_id" not in parent
+    assert "tags.best" not in _runs(uri, "best-test").columns  # no run holds the tag any more
 
 
 def test_store_errors_do_not_stop_the_sweep(store, caplog):
@@ -414,7 +542,6 @@ def test_store_errors_do_not_stop_the_sweep(store, caplog):
     assert "could not record result of trial fake_ghost" in caplog.text
 
 
-# --- outcomes ------------------------------------------------------------------------------
 
 DIVERGED_TRACE = """\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=41, ip=10.0.0.2, actor_id=5b8f, repr=train_mtl)
   File "/repo/mtl/phases/meta.py", line 122, in run_epoch
@@ -447,11 +574,12 @@ def test_trial_row_holds_the_summary_keys():
                                                   "val_ci95": 0.02, "train_loss": 0.9}, None, 4,
                     checkpoint="/ck", history=history)
     assert row == {"trial_id": "t1", "config": {"meta.inner_lr": 0.1}, "val_acc": 0.32, "best_val_acc": 0.32,
-                   "val_ci95": 0.02, "train_loss": 0.9, "epoch": 2, "planned_epochs": 4,
+                   "val_ci95": 0.02, "best_val_ci95": None, "train_loss": 0.9, "epoch": 2, "planned_epochs": 4,
                    "outcome": "stopped_early", "stopped_early": True, "error": None, "checkpoint": "/ck",
                    "history": [{"epoch": 1, "val_acc": 0.31}, {"epoch": 2, "val_acc": 0.32}]}
     failed = trial_row("t2", None, None, DIVERGED_TRACE, 4)
-    assert (failed["outcome"], failed["stopped_early"], failed["epoch"], failed["history"]) == ("diverged", False, 0, [])
+    assert (failed["outcome"], failed["stopped_early"], failed["epoch"]) == ("diverged", False, 0)
+    assert failed["history"] == []
     assert failed["error"].startswith("mtl.errors.MTLError: meta-training loss became nan")
 
 
@@ -471,7 +599,6 @@ def test_diverged_trial_is_tagged_so(store, tmp_path):
     assert run.data.tags["error"] == error_message(DIVERGED_TRACE)
 
 
-# --- figures -------------------------------------------------------------------------------
 
 def test_validation_curves_figure():
     rows = [

@@ -122,15 +122,13 @@ def test_bad_input_fails_in_one_line_before_ray_starts(case, tmp_path, monkeypat
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
 @pytest.mark.parametrize("case", SUBPROCESS_CASES)
 def test_bad_input_exits_2_from_the_command_line(case, tmp_path):
     proc = subprocess.run([sys.executable, str(LAUNCH), *_case_args(case, tmp_path)], cwd=tmp_path,
-                          env=_env(tmp_path), capture_output=True, text=True, timeout=170, check=False)
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=900, check=False)
     _check(case, proc.returncode, proc.stdout, proc.stderr, tmp_path)
 
 
-@pytest.mark.timeout(60)
 def test_dry_run_prints_the_resolved_sweep_and_starts_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code = _launch_main()([str(SMOKE), "--storage", "results", "--dry-run", "--set", "meta.epochs=5",

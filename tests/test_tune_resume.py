@@ -52,7 +52,6 @@ def _done_and_running(state) -> bool:
 
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.timeout(600)
 def test_sweep_killed_mid_way_resumes_where_it_stopped():
     root = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))  # short: Ray's socket paths < 108 bytes
     (root / "raytmp").mkdir()
@@ -69,14 +68,14 @@ def test_sweep_killed_mid_way_resumes_where_it_stopped():
         with open(root / "first.out", "w") as out, open(root / "first.err", "w") as err:
             first = subprocess.Popen(args, cwd=root, env=env, stdout=out, stderr=err, start_new_session=True)
         sessions.append(first.pid)
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 1500  # a guard against a hang, not a speed check
         while not _done_and_running(tune_state(exp)):
             assert first.poll() is None, f"sweep ended before the kill:\n{(root / 'first.err').read_text()[-4000:]}"
             assert time.monotonic() < deadline, f"no finished + running trial in time: {tune_state(exp)}"
             time.sleep(0.1)
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(30)
-        assert wait_gone(first.pid, 15) == {}  # the local Ray went down with its driver
+        assert wait_gone(first.pid, 300) == {}  # the local Ray went down with its driver
         stderr1 = (root / "first.err").read_text()
         assert "resources.gpu = 0.25 but the Ray cluster has no GPU: running trials on CPU" in stderr1
 
@@ -90,10 +89,10 @@ def test_sweep_killed_mid_way_resumes_where_it_stopped():
         again = subprocess.Popen([*args, "--resume"], cwd=root, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
         sessions.append(again.pid)
-        _, stderr = again.communicate(timeout=400)
+        _, stderr = again.communicate(timeout=1500)
         assert again.returncode == 0, stderr[-4000:]
         assert "MLflow: reattached to sweep run" in stderr
-        assert wait_gone(again.pid, 20) == {}, "Ray processes outlived the resumed sweep"
+        assert wait_gone(again.pid, 300) == {}, "Ray processes outlived the resumed sweep"
 
         summary = json.loads((exp / "summary.json").read_text())
         trials = {t["trial_id"]: t for t in summary["trials"]}

@@ -16,7 +16,7 @@ TRIALS_MIN_RATIO = 1.3  # 4 trials at 0.25 GPU: aggregate >= 1.3 x one trial
 TARGET_SETUP = ("resnet25", 80)
 
 # The official PyTorch MTL code on one H200 at 80 px (fp32, its own loader), and its ratios to the
-# fp32 floors measured there (shared/bench/official-pytorch-h200.json and floor-h200.json):
+# fp32 floors measured there (docs/reference-bench/official-pytorch-h200.json and floor-h200.json):
 # pretraining 2371 / 2392 img/s; meta-train at 100 inner steps, meta-batch 1: 1-shot 1/18.04 s
 # per episode over the 80-image floor of 35.0 ms, 5-shot 1/16.52 s over the 100-image 43.2 ms.
 OFFICIAL_H200 = {"pretrain_img_per_s": 2371.3, "pretrain_ratio": 0.991,

@@ -5,7 +5,7 @@ conversion and resizing are the same for all datasets.
 
 Resizing uses PIL's BILINEAR filter with ``reducing_gap=3``. PIL widens the bilinear
 kernel by the downscale factor, so it is antialiased (close to the OpenCV INTER_AREA
-resize that produced the usual 84 px miniImageNet class folders, mtl-algorithm.md §7)
+resize that produced the usual 84 px miniImageNet class folders, docs/algorithm.md §7)
 without Lanczos' ringing and at about a third of its cost; the reducing gap first
 box-reduces very large photos by an integer factor, which is much faster and, per PIL's
 documentation, indistinguishable from a full resample in most cases at that gap. Images

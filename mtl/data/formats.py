@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -27,11 +26,12 @@ import numpy as np
 
 from mtl.data.decode import ArrayDecoder, FileDecoder, is_image_name
 from mtl.data.splits import FORMAT_VERSION, Decoder
+from mtl.data.unpickle import load_pickle
 from mtl.errors import DataError
 
 Listing = tuple[list[str], list[int], Decoder]
 
-# TADAM's FC100 split of the 20 CIFAR-100 superclasses (mtl-algorithm.md §7).
+# TADAM's FC100 split of the 20 CIFAR-100 superclasses (docs/algorithm.md §7).
 FC100_COARSE = {
     "train": (1, 2, 3, 4, 5, 6, 9, 10, 15, 17, 18, 19),
     "val": (8, 11, 13, 16),
@@ -138,16 +138,6 @@ def mini_csv_source(root: Path, split: str, size: int) -> Source:
 # Pickles
 
 
-def _load_pickle(path: Path) -> Any:
-    # latin1 lets pickles written by Python 2 (CIFAR, old caches) restore numpy arrays
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except Exception as e:
-        raise DataError(f"cannot read pickle {path} ({type(e).__name__}: {e}); "
-                        f"the file is corrupt or truncated, download it again") from None
-
-
 def _str(x: Any) -> str:
     return x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
 
@@ -179,7 +169,7 @@ def mini_pickle_source(root: Path, split: str, size: int) -> Source:
                         f"ROOT/mini-imagenet-cache-{{train,val,test}}.pkl")
 
     def listing() -> Listing:
-        d = _str_keys(_load_pickle(path), path, ("image_data", "class_dict"))
+        d = _str_keys(load_pickle(path), path, ("image_data", "class_dict"))
         images, class_dict = d["image_data"], d["class_dict"]
         if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4
                 and images.shape[3] == 3 and images.shape[1] == images.shape[2]):
@@ -213,7 +203,7 @@ def cifar100_dir(root: Path) -> Path | None:
 
 
 def _cifar_part(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    d = _str_keys(_load_pickle(path), path, ("data", "fine_labels", "coarse_labels"))
+    d = _str_keys(load_pickle(path), path, ("data", "fine_labels", "coarse_labels"))
     data = d["data"]
     fine = np.asarray(d["fine_labels"], dtype=np.int64)
     coarse = np.asarray(d["coarse_labels"], dtype=np.int64)
@@ -231,7 +221,7 @@ def fc100_source(cifar_dir: Path, split: str, size: int) -> Source:
     files = [cifar_dir / "train", cifar_dir / "test", cifar_dir / "meta"]
 
     def listing() -> Listing:
-        meta = _str_keys(_load_pickle(files[2]), files[2], ("fine_label_names",))
+        meta = _str_keys(load_pickle(files[2]), files[2], ("fine_label_names",))
         names = [_str(n) for n in meta["fine_label_names"]]
         parts = [_cifar_part(files[0]), _cifar_part(files[1])]
         fine = np.concatenate([p[1] for p in parts])

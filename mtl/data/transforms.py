@@ -13,7 +13,7 @@ import torch
 
 from mtl.registry import NORMALIZATIONS
 
-# (mean, std) per channel in [0, 1] units (mtl-algorithm.md §7)
+# (mean, std) per channel in [0, 1] units (docs/algorithm.md §7)
 NORMALIZATIONS.register("pt")(((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255)))
 NORMALIZATIONS.register("imagenet")(((120.40 / 255, 115.59 / 255, 104.54 / 255),
                                      (70.68 / 255, 68.28 / 255, 72.55 / 255)))

@@ -2,7 +2,7 @@
 
 Backbones return features only (``[B, out_dim]``); classifiers live elsewhere, so the same
 module is pre-trained, converted to scale-shift form, and meta-trained. See
-``mtl-algorithm.md`` §5 for the two architectures.
+``docs/algorithm.md`` §5 for the two architectures.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class PaperBlock(nn.Module):
     """TF ResNet-12 block: three 3x3 conv (bias) + BN + LeakyReLU(0.1), 1x1 conv shortcut, max-pool.
 
     As in the TF code the third conv is activated before the addition, and the shortcut is a
-    bias-free 1x1 conv without BN. BN keeps its affine parameters (see mtl-algorithm.md §2).
+    bias-free 1x1 conv without BN. BN keeps its affine parameters (see docs/algorithm.md §2).
     """
 
     def __init__(self, cin: int, cout: int) -> None:

@@ -107,6 +107,6 @@ def query_stats(lg: torch.Tensor, labels: torch.Tensor, way: int) -> dict[str, t
 
 
 def ci95(accs: torch.Tensor) -> float:
-    """Half-width of the 95% confidence interval: 1.96 * population std / sqrt(n) (mtl-algorithm.md §6)."""
+    """Half-width of the 95% confidence interval: 1.96 * population std / sqrt(n) (docs/algorithm.md §6)."""
     n = accs.numel()
     return 1.96 * accs.double().std(unbiased=False).item() / math.sqrt(n) if n else float("nan")

@@ -3,7 +3,7 @@
 ``SSConv2d`` computes ``conv(x, W * scale) + (b + shift)`` with the pre-trained ``W``, ``b``
 frozen. ``scale`` is Cout x Cin x 1 x 1 (one scalar per 2-D kernel slice, broadcast over
 the k x k taps) because that is what the paper and both official codes do
-(mtl-algorithm.md §3.1); a per-output-channel variant exists as an ablation. At
+(docs/algorithm.md §3.1); a per-output-channel variant exists as an ablation. At
 conversion ``scale = 1`` and ``shift = 0``, so the network computes exactly what the
 pre-trained one did.
 """
@@ -78,7 +78,7 @@ def bn_affine_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
 
 
 def set_bn_mode(model: nn.Module, mode: str, training: bool) -> None:
-    """Put BN layers in the behaviour of ``mode`` (mtl-algorithm.md §9.3) for training or evaluation.
+    """Put BN layers in the behaviour of ``mode`` (docs/algorithm.md §9.3) for training or evaluation.
 
     - ``frozen``: running statistics and affine fixed, always (a truly frozen backbone).
     - ``train_affine``: affine learns; batch statistics (updating the running ones) in

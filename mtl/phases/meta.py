@@ -4,7 +4,7 @@ The pre-trained backbone is converted to scale-shift form and frozen; only scale
 the head initialisation (and BN affine in ``train_affine`` mode) learn, with two Adam
 parameter groups. One outer update: embed a meta-batch of tasks in one forward, adapt each
 task's head on its support features, score the adapted heads on the query features,
-average, step. Hard meta-batches follow each window of normal ones (mtl-algorithm.md §4.3).
+average, step. Hard meta-batches follow each window of normal ones (docs/algorithm.md §4.3).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class MetaTrainer:
         self.step = 0
         self.hard_updates = 0
         self.best_acc = -1.0
+        self.best_ci = 0.0  # the 95% CI of best_acc
         self.best_epoch = 0
         self.best_state: dict[str, Any] | None = None
         self.last_val: dict[str, float] = {}
@@ -145,10 +146,10 @@ class MetaTrainer:
             v = self.evaluate(self.val, self.val_bank)
             self.last_val = {"val_acc": v["acc"], "val_ci95": v["ci95"]}
             if v["acc"] > self.best_acc:
-                self.best_acc, self.best_epoch = v["acc"], self.epoch
+                self.best_acc, self.best_ci, self.best_epoch = v["acc"], v["ci95"], self.epoch
                 self.best_state = self.trainable_state()
         metrics.update(self.last_val)
-        metrics.update(epoch=self.epoch, best_val_acc=self.best_acc)
+        metrics.update(epoch=self.epoch, best_val_acc=self.best_acc, best_val_ci95=self.best_ci)
         self.history.append(metrics)
         return metrics
 
@@ -179,6 +180,7 @@ class MetaTrainer:
             "step": self.step,
             "hard_updates": self.hard_updates,
             "best_acc": self.best_acc,
+            "best_ci": self.best_ci,
             "best_epoch": self.best_epoch,
             "last_val": dict(self.last_val),
             "history": copy.deepcopy(self.history),
@@ -193,5 +195,6 @@ class MetaTrainer:
         self.ht.load_state_dict(ck["hard_tasks"])
         self.epoch, self.step, self.hard_updates = ck["epoch"], ck["step"], ck["hard_updates"]
         self.best_acc, self.best_epoch, self.best_state = ck["best_acc"], ck["best_epoch"], ck["best_state"]
+        self.best_ci = ck["best_ci"]
         self.last_val = dict(ck["last_val"])
         self.history = list(ck["history"])

@@ -10,7 +10,8 @@ MLflow is the only record of which runs belong to a sweep. The parent run carrie
 ``sweep`` (the sweep's name) and ``mtl.role = sweep``; a child carries ``mlflow.parentRunId``
 and ``trial_id``. A resumed sweep (a new driver), a restored Tuner (which unpickles the callback
 from tuner.pkl) and a retried trial find their runs by these tags with ``search_runs``; run ids
-are cached in memory only, so no copy of them on disk can go stale.
+are cached in memory only, so no copy of them on disk can go stale. What the runs hold, and the
+experiment tags for MLflow's UI, are :mod:`mtl.tracking.runlog`'s.
 
 mlflow is imported inside functions only: machines that run trials may not have it.
 """
@@ -21,9 +22,12 @@ import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from mtl.errors import ConfigError
-from mtl.tracking.runlog import flatten_params, log_artifact, log_params_once, log_values, quoted, result_metrics, slug
+from mtl.tracking.runlog import (NOTE_TAG, VIEW_TAG_PREFIX, description_markdown, experiment_ui_tags,
+                                 flatten_params, log_artifact, log_params_once, log_values, quoted, result_metrics,
+                                 saved_view, searched_values, slug, split_result, trial_run_name)
 from mtl.tracking.uri import _sqlite_path
 from mtl.tune.outcome import trial_end_row
 
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ROLE_TAG = "mtl.role"  # "sweep" on a sweep's parent run
+DEFAULT_UI = "http://127.0.0.1:5000"  # where ``mlflow ui`` listens
+_PICKLED = ("tracking_uri", "experiment", "sweep_name", "artifact_root", "planned_epochs", "step_key", "metric", "mode")
 
 
 class SweepTracker:
@@ -47,27 +53,33 @@ class SweepTracker:
     ``RunConfig(callbacks=[...])``, ``finish`` logs the study's outcome and closes the parent.
     ``planned_epochs``: the meta-training epochs of a trial whose config does not search
     ``meta.epochs`` (tells an ASHA-stopped trial from a completed one); ``step_key``: the result
-    key used as a metric's step. Picklable (Ray stores callbacks in ``tuner.pkl``): an unpickled
-    tracker holds no client and no run ids and finds its runs in MLflow again.
+    key used as a metric's step; ``metric``/``mode``: what ranks the trials in the saved view.
+    Picklable (Ray stores callbacks in ``tuner.pkl``): an unpickled tracker holds no client and
+    no run ids and finds its runs in MLflow again.
     """
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, artifact_root: Path | None = None,
-                 *, planned_epochs: int | None = None, step_key: str = "epoch") -> None:
+                 *, planned_epochs: int | None = None, step_key: str = "epoch", metric: str = "val_acc",
+                 mode: str = "max") -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.sweep_name = sweep_name
         self.artifact_root = Path(artifact_root).absolute() if artifact_root else None
         self.planned_epochs = planned_epochs
         self.step_key = step_key
+        self.metric, self.mode = metric, mode
         self.parent_run_id: str | None = None
         self.experiment_id: str | None = None
         self.children: dict[str, str] = {}  # trial id -> child run id, a cache of what MLflow holds
         self._client: MlflowClient | None = None
+        self._tagged: set[str] = set()  # child runs that got their once-only tags from this object
+        self._view_params: list[str] = []  # the searched keys the saved view shows
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(_client=None, parent_run_id=None, experiment_id=None, children={})
-        return state
+        return {k: v for k, v in self.__dict__.items() if k in _PICKLED}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**{k: v for k, v in state.items() if k in _PICKLED})  # a tuner.pkl of an older tracker too
 
     @property
     def client(self) -> MlflowClient:
@@ -76,13 +88,11 @@ class SweepTracker:
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
-    # --- parent run ------------------------------------------------------------------------
-
     def start(self, params: Mapping[str, Any], tags: Mapping[str, str] | None = None, *,
               reattach: bool = False) -> str:
         """Open the sweep's parent run and return its id. ``reattach`` (a resumed sweep): take
         the sweep's newest parent run in the experiment instead, if it has one."""
-        self.experiment_id = self._experiment_id()
+        self.experiment_id, exp_tags = self._experiment()
         self.children = {}
         run = self._find_parent() if reattach else None
         if run is not None:
@@ -102,7 +112,29 @@ class SweepTracker:
             logger.info("MLflow: sweep run %s in experiment %r at %s", self.parent_run_id,
                         self.experiment, self.tracking_uri)
         log_params_once(self.client, self.parent_run_id, flatten_params(params))
+        if VIEW_TAG_PREFIX + self.view_key not in exp_tags:  # else it holds the searched params already
+            self._save_view()
         return self.parent_run_id
+
+    @property
+    def view_key(self) -> str:
+        return slug(self.sweep_name)
+
+    def ui_url(self, base: str | None = None) -> str:
+        """Link to the experiment's runs table in MLflow's UI, opened in the classic (machine
+        learning) view with the sweep's saved view: trials ranked by the metric, searched params
+        as columns. ``base``: the UI's address; default the tracking server itself, else ``mlflow
+        ui``'s http://127.0.0.1:5000."""
+        if base is None:
+            base = self.tracking_uri if self.tracking_uri.lower().startswith(("http:", "https:")) else DEFAULT_UI
+        if self.experiment_id is None:
+            self._parent()
+        query = urlencode({"workflowType": "machine_learning", "viewStateShareKey": self.view_key})
+        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs?{query}"
+
+    def _save_view(self) -> None:
+        view = saved_view(f"sweep {self.sweep_name}", self._view_params, self.metric, self.mode)
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG_PREFIX + self.view_key, view)
 
     def _find_parent(self) -> Run | None:
         """The sweep's newest parent run in the experiment (None: it has none); a deleted one is
@@ -110,8 +142,9 @@ class SweepTracker:
         from mlflow.entities import ViewType
 
         runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.sweep = {quoted(self.sweep_name)} AND tags.`{ROLE_TAG}` = 'sweep'",
-            run_view_type=ViewType.ALL, order_by=["attributes.start_time DESC"], max_results=1)
+            [self.experiment_id], run_view_type=ViewType.ALL,
+            filter_string=f"tags.sweep = {quoted(self.sweep_name)} AND tags.`{ROLE_TAG}` = 'sweep'",
+            order_by=["attributes.start_time DESC"], max_results=1)
         if not runs:
             return None
         run = runs[0]
@@ -135,9 +168,10 @@ class SweepTracker:
             self.parent_run_id = run.info.run_id
         return self.parent_run_id
 
-    def _experiment_id(self) -> str:
-        """Id of the experiment, created if missing. On a SQLite store it gets an absolute artifact
-        location; otherwise a run's artifacts land wherever the creating process happened to run."""
+    def _experiment(self) -> tuple[str, dict[str, str]]:
+        """Id and tags of the experiment, created if missing and tagged for the UI. On a SQLite
+        store it gets an absolute artifact location; otherwise a run's artifacts land wherever the
+        creating process happened to run."""
         client = self.client
         exp = client.get_experiment_by_name(self.experiment)
         if exp is not None:
@@ -145,39 +179,64 @@ class SweepTracker:
                 raise ConfigError(
                     f"MLflow experiment {self.experiment!r} is deleted; restore it (mlflow "
                     f"experiments restore --experiment-id {exp.experiment_id}) or pick another name")
-            return exp.experiment_id
+            for k, v in experiment_ui_tags(exp.tags, self.metric).items():
+                client.set_experiment_tag(exp.experiment_id, k, v)
+            return exp.experiment_id, exp.tags
         location = None
         if self.tracking_uri.lower().startswith("sqlite:"):
             root = self.artifact_root or _sqlite_path(self.tracking_uri)[0].parent / "mlruns"
             location = (root / slug(self.experiment)).as_uri()
-        return client.create_experiment(self.experiment, artifact_location=location)
+        tags = experiment_ui_tags({}, self.metric)
+        return client.create_experiment(self.experiment, artifact_location=location, tags=tags), tags
 
     def finish(self, summary: Mapping[str, Any], *, artifacts: Mapping[str, Path] = {},
-               figures: Mapping[str, Figure] = {}, status: str = "FINISHED") -> None:
+               figures: Mapping[str, Figure] = {}, status: str = "FINISHED", best_trial: str | None = None,
+               description: str | None = None) -> None:
         """Log the study's outcome to the parent run and close it.
 
         ``summary``: numbers become metrics, anything else a tag. ``artifacts``: destination
         path inside the run -> local file or directory. ``figures``: name -> PNG artifact under
-        ``figures/``. Children still RUNNING (an interrupted sweep) are closed as KILLED.
+        ``figures/``. ``best_trial``: the winner's trial id (the parent gets ``best_trial`` and
+        ``best_run_id``, the winner's run ``best = true``). ``description``: the summary table,
+        shown as the parent run's description. Children still RUNNING (an interrupted sweep)
+        are closed as KILLED.
         """
         run_id = self._parent()
         metrics = result_metrics(dict(summary))
         tags = {f"summary.{k}": str(v) for k, v in summary.items() if k not in metrics}
+        if description:
+            tags[NOTE_TAG] = description_markdown(description)
+        if best_trial is not None:
+            tags.update(best_trial=best_trial, **self._mark_best(best_trial))
         log_values(self.client, run_id, metrics=metrics, step=0, tags=tags)
         for dest, local in artifacts.items():
             log_artifact(self.client, run_id, dest, Path(local))
         for name, fig in figures.items():
             self.client.log_figure(run_id, fig, f"figures/{name.removesuffix('.png')}.png")
-        for child in list(self._running_children()):  # all pages before any is changed
+        for child in list(self._children("attributes.status = 'RUNNING'")):  # all pages before any is changed
             self.client.set_tag(child.info.run_id, "outcome", "interrupted")
             self.client.set_terminated(child.info.run_id, "KILLED")
             logger.info("MLflow: trial %s was still running; run %s closed as KILLED",
                         child.data.tags.get("trial_id"), child.info.run_id)
         self.client.set_terminated(run_id, status)
 
-    def _running_children(self) -> Iterator[Run]:
-        """The sweep's child runs still RUNNING, whichever tracker object created them."""
-        query = f"tags.mlflow.parentRunId = {quoted(self._parent())} AND attributes.status = 'RUNNING'"
+    def _mark_best(self, trial_id: str) -> dict[str, str]:
+        """Tag the winner's child run ``best = true`` (and no other); the parent's tag for it."""
+        best = self._find_child(trial_id)
+        for run in list(self._children("tags.best = 'true'")):
+            if run.info.run_id != best:
+                self.client.delete_tag(run.info.run_id, "best")
+        if best is None:
+            logger.warning("MLflow: the sweep's runs hold no run of its best trial %s", trial_id)
+            if "best_run_id" in self.client.get_run(self._parent()).data.tags:  # an earlier winner's
+                self.client.delete_tag(self._parent(), "best_run_id")
+            return {}
+        log_values(self.client, best, tags={"best": "true"})
+        return {"best_run_id": best}
+
+    def _children(self, condition: str) -> Iterator[Run]:
+        """The sweep's child runs that meet ``condition``, whichever tracker object created them."""
+        query = f"tags.mlflow.parentRunId = {quoted(self._parent())} AND {condition}"
         token = None
         while True:
             page = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000,
@@ -186,8 +245,6 @@ class SweepTracker:
             token = page.token
             if not token:
                 return
-
-    # --- child runs (called by SweepCallback on the driver) --------------------------------
 
     def callback(self) -> SweepCallback:
         """The Ray Tune callback that mirrors trials into child runs."""
@@ -198,22 +255,27 @@ class SweepTracker:
     def child_run(self, trial: Trial, create: bool = True) -> str | None:
         """Run id of the trial's child run, found by its tags or created if unknown and
         ``create``, else None."""
-        parent = self._parent()
         trial_id = trial.trial_id
-        run_id = self.children.get(trial_id)
-        if run_id is None:
+        run_id = self._find_child(trial_id)
+        if run_id is None and create:
+            tags = {"mlflow.parentRunId": self._parent(), "sweep": self.sweep_name, "trial_id": trial_id,
+                    "trial_name": str(trial)}
+            if getattr(trial, "path", None):
+                tags["trial_path"] = str(trial.path)
+            run = self.client.create_run(self.experiment_id, run_name=trial_run_name(trial), tags=tags)
+            run_id = self.children[trial_id] = run.info.run_id
+        return run_id
+
+    def _find_child(self, trial_id: str) -> str | None:
+        """Run id of the trial's child run (the cache, else by its tags), None if it has none."""
+        parent = self._parent()
+        if trial_id not in self.children:
             found = self.client.search_runs(
                 [self.experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
                 filter_string=f"tags.mlflow.parentRunId = {quoted(parent)} AND tags.trial_id = {quoted(trial_id)}")
-            run_id = found[0].info.run_id if found else None
-        if run_id is None and create:
-            tags = {"mlflow.parentRunId": parent, "sweep": self.sweep_name, "trial_id": trial_id}
-            if getattr(trial, "path", None):
-                tags["trial_path"] = str(trial.path)
-            run_id = self.client.create_run(self.experiment_id, run_name=str(trial), tags=tags).info.run_id
-        if run_id is not None:
-            self.children[trial_id] = run_id
-        return run_id
+            if found:
+                self.children[trial_id] = found[0].info.run_id
+        return self.children.get(trial_id)
 
     def trial_started(self, trial: Trial) -> None:
         """New trial: new child run. Restored or retried trial: its old run, RUNNING again."""
@@ -221,11 +283,19 @@ class SweepTracker:
         if self.client.get_run(run_id).info.status != "RUNNING":
             self.client.update_run(run_id, status="RUNNING")
         log_params_once(self.client, run_id, flatten_params(trial.config or {}))
+        searched = [k for k in searched_values(trial) if k not in self._view_params]
+        if searched:  # the first trial tells which params the sweep searches
+            self._view_params += searched
+            self._save_view()
 
     def trial_result(self, trial: Trial, result: Mapping[str, Any]) -> None:
+        """The result's series as metrics at the epoch; its constants and totals as tags."""
         run_id = self.child_run(trial)
         step = result.get(self.step_key, result.get("training_iteration", 0))
-        log_values(self.client, run_id, metrics=result_metrics(result), step=int(step or 0))
+        metrics, once, latest = split_result(result, self.step_key)
+        tags = latest if run_id in self._tagged else {**once, **latest}
+        log_values(self.client, run_id, metrics=metrics, step=int(step or 0), tags=tags)
+        self._tagged.add(run_id)
 
     def trial_recovering(self, trial: Trial) -> None:
         run_id = self.child_run(trial)

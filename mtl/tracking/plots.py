@@ -56,13 +56,16 @@ def plot_validation_curves(trials: Sequence[Mapping[str, Any]], metric: str = "v
 
 
 def plot_param_importance(rows: Sequence[Mapping[str, Any]], params: Sequence[str], metric: str,
-                          mode: str = "max") -> Figure | None:
+                          mode: str = "max", space: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
+                          budget: str = "") -> Figure | None:
     """Bar chart of Optuna's importance (PED-ANOVA by default) of ``params`` for ``metric``.
 
-    ``rows``: one dict per finished trial holding the param values and the final metric.
-    Params that never vary are left out (importance is undefined for them). Returns None, and
-    logs why, when fewer than MIN_TRIALS_FOR_IMPORTANCE trials have a finite metric or no
-    searched param varies.
+    ``rows``: one dict per trial holding the param values and the metric, every trial measured at
+    the same budget (``budget`` says which on the figure, e.g. "epoch 2"), or the importance
+    measures how long trials ran. ``space``: the sweep's distributions (``{key: {kind: args}}``);
+    a param without one gets a distribution spanning its values. Params that never vary are left
+    out. Returns None, and logs why, when fewer than MIN_TRIALS_FOR_IMPORTANCE trials have a
+    finite metric or no searched param varies.
     """
     usable = [r for r in rows if _number(r.get(metric)) and math.isfinite(r[metric])
               and all(p in r for p in params)]
@@ -71,6 +74,7 @@ def plot_param_importance(rows: Sequence[Mapping[str, Any]], params: Sequence[st
                     len(usable), metric, MIN_TRIALS_FOR_IMPORTANCE)
         return None
     distributions = {p: d for p in params if (d := _distribution([r[p] for r in usable])) is not None}
+    distributions = {p: _from_space(space[p]) if space and p in space else d for p, d in distributions.items()}
     if not distributions:
         logger.info("No importance plot: none of %s varies across trials", list(params))
         return None
@@ -83,7 +87,7 @@ def plot_param_importance(rows: Sequence[Mapping[str, Any]], params: Sequence[st
     ax = fig.add_subplot()
     ax.barh(names, [importances[n] for n in names], color="tab:blue")
     ax.set_xlabel(f"importance for {metric} (normalised)")
-    ax.set_title(f"Hyperparameter importance, {len(usable)} trials")
+    ax.set_title(f"Hyperparameter importance from {len(usable)} trials" + (f" at {budget}" if budget else ""))
     ax.set_xlim(0, max(1.0, *importances.values()))
     return fig
 
@@ -127,6 +131,20 @@ def _distribution(values: list[Any]):
             return IntDistribution(int(lo), int(hi))
         return FloatDistribution(float(lo), float(hi), log=lo > 0 and hi / lo >= 100)
     return CategoricalDistribution(sorted({_hashable(v) for v in values}, key=str))
+
+
+def _from_space(dist: Mapping[str, Sequence[Any]]):
+    """The Optuna distribution of a sweep-spec distribution ``{kind: args}`` (mtl.tune.spec)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    (kind, args), = dist.items()
+    if kind == "choice":
+        return CategoricalDistribution([_hashable(a) for a in args])
+    log = kind.startswith(("log", "qlog"))
+    if kind in ("int", "logint"):
+        return IntDistribution(int(args[0]), int(args[1]), log=log)
+    step = args[2] if len(args) == 3 and not log else None
+    return FloatDistribution(float(args[0]), float(args[1]), log=log, step=step)
 
 
 def _value(value: Any, distribution) -> Any:

@@ -1,5 +1,7 @@
 """The Ray side of a sweep's driver: joining or starting Ray, what trials get (environment,
-resources, how many fit at once), tasks beside the trials, and SIGTERM as Ctrl+C."""
+resources, how many fit at once), tasks beside the trials, SIGTERM as Ctrl+C, and what reaches
+the terminal (Ray's, Ray Tune's and Optuna's own output off unless ``--verbose``; workers'
+log lines in the driver's format with the trial's name)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -17,11 +20,99 @@ from mtl.tune.spec import SweepSpec
 
 log = logging.getLogger(__name__)
 
+LOG_FORMAT, LOG_DATEFMT = "%(asctime)s %(name)s: %(message)s", "%H:%M:%S"  # the driver's; workers add [trial]
+VERBOSE_ENV = "MTL_VERBOSE"  # "1": Ray's and Optuna's own output too (launch/tune.py --verbose); trials inherit it
+# Read when Ray (MLflow) is imported; the driver prints what workers write: set by configure_output before.
+_QUIET_RAY_ENV = {
+    "RAY_DISABLE_WORKER_LOG_PREFIX": "1",  # no "(train_mtl pid=...)" before worker lines: they carry our format
+    "RAY_DEDUP_LOGS": "0",  # each trial's line is its own: no "[repeated 2x across cluster]", no dedup banner
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # "Creating initial MLflow database tables...", "Updating database tables"
+}
+# Read by Ray Tune when a sweep starts (tune_verbosity).
+_QUIET_TUNE_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",  # the legacy output engine prints nothing at verbose=0 (the new one still prints
+    # its header: searcher, scheduler, results folder, TensorBoard hint); mtl.tune.progress prints instead
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",  # no traceback per failed trial: our line names its error and trace file
+    # "Experiment state snapshotting has been triggered multiple times ...": short trials checkpointing every
+    # epoch with num_to_keep set do that by design (ecosystem.md 1.3); the slow-snapshot warning stays
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+_QUIET_LEVELS = {
+    "ray": logging.WARNING,  # "Started a local Ray instance", "Checkpoint successfully created at: ..." (in trials)
+    "ray._private.authentication": logging.ERROR,  # "Token authentication is enabled for this Ray cluster..."
+}
+_MTL_HANDLER = "_mtl_worker_handler"
+
+
+def verbose() -> bool:
+    """Whether Ray's, Ray Tune's and Optuna's own output is on (``launch/tune.py --verbose``)."""
+    return os.environ.get(VERBOSE_ENV) == "1"
+
+
+def configure_output(verbose: bool) -> None:
+    """What the sweep's terminal shows: our lines only, or also Ray's and Optuna's own with
+    ``verbose``. Call before ``import ray`` (launch/tune.py does): Ray reads some settings then.
+    A variable the user set wins."""
+    os.environ[VERBOSE_ENV] = "1" if verbose else "0"
+    if not verbose:
+        for key, value in _QUIET_RAY_ENV.items():
+            os.environ.setdefault(key, value)
+
+
+def tune_verbosity() -> int:
+    """``RunConfig(verbose=...)``: 1 (Ray Tune's trial table) with --verbose, else 0 with the
+    output engine that keeps it silent, our :mod:`mtl.tune.progress` lines in its place."""
+    if verbose():
+        return 1
+    for key, value in _QUIET_TUNE_ENV.items():
+        os.environ.setdefault(key, value)
+    return 0
+
+
+def _quiet_loggers(driver: bool = True) -> None:
+    """Ray's INFO lines off, its warnings through our handler (in our format); in the driver
+    Optuna's too. After ``import ray``, which sets up its logger, and before ``ray.init``."""
+    if verbose():
+        return
+    ray_log = logging.getLogger("ray")
+    ray_log.handlers.clear()
+    ray_log.propagate = True
+    for name, level in _QUIET_LEVELS.items():
+        logging.getLogger(name).setLevel(level)
+    if driver:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory with name: ..."
+        optuna.logging.disable_default_handler()
+        optuna.logging.enable_propagation()
+
+
+def setup_worker_logging(name: str | None = None) -> None:
+    """In a Ray worker (a trial, the shared-pretraining task): log lines in the driver's format,
+    tagged ``[name]`` (default: the running trial's id), INFO and up; Ray's own lines as in the
+    driver. Call first thing; again for the next trial of an actor Ray Tune reuses."""
+    if name is None:
+        from ray import tune
+
+        name = tune.get_context().get_trial_id() or "worker"
+    root = logging.getLogger()
+    for h in list(root.handlers):  # ours from an earlier trial, or a basicConfig one
+        if getattr(h, _MTL_HANDLER, False) or type(h) is logging.StreamHandler:
+            root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    setattr(handler, _MTL_HANDLER, True)
+    tag = str(name).replace("%", "%%")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT.replace("%(name)s", f"[{tag}] %(name)s"), LOG_DATEFMT))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    _quiet_loggers(driver=False)
+
 
 def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Join the cluster at ``address`` (checked for reachability first) or start a local Ray."""
     import ray
 
+    _quiet_loggers()
     if ray.is_initialized():
         return
     env = {"env_vars": _env_for_trials()}
@@ -45,9 +136,9 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int |
 
 
 def _env_for_trials() -> dict[str, str]:
-    """The driver's MLflow URI and data cache folder, for the trials. Under ``ray job submit``
+    """The driver's MLflow URI, data cache folder and verbosity, for the trials. Under ``ray job submit``
     the job's runtime env already reaches them, and Ray refuses a key that both set."""
-    env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "MTL_CACHE_DIR") if k in os.environ}
+    env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "MTL_CACHE_DIR", VERBOSE_ENV) if k in os.environ}
     try:
         job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
     except (ValueError, AttributeError):

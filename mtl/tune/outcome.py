@@ -74,6 +74,7 @@ def trial_row(trial_id: str, config: Mapping[str, Any] | None, last: Mapping[str
         "trial_id": trial_id,
         "config": dict(config or {}),
         "val_acc": last.get("val_acc"), "best_val_acc": last.get("best_val_acc"), "val_ci95": last.get("val_ci95"),
+        "best_val_ci95": last.get("best_val_ci95"),
         "train_loss": last.get("train_loss"),
         "epoch": last.get(STEP_KEY, 0), "planned_epochs": planned,
         "outcome": result, "stopped_early": result == "stopped_early",

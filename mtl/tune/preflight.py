@@ -35,10 +35,11 @@ class Launch:
     experiment: str
     resume: bool
     reattach: bool = False
+    finished: dict[str, Any] | None = None  # the summary of a sweep that had already finished
 
 
-def preflight(spec: SweepSpec, *, resume: bool = False) -> Launch:
-    """All checks that need neither Ray nor any write."""
+def check_data(spec: SweepSpec) -> None:
+    """The dataset's layout and the episode shapes of the base config and of every space bound."""
     stats = split_stats(spec.base.data)  # missing dataset root -> DataError with the expected layout
     check_against_data(spec.base, stats)
     for key, dist in spec.space.items():
@@ -47,14 +48,35 @@ def preflight(spec: SweepSpec, *, resume: bool = False) -> Launch:
                 check_against_data(spec.base.with_overrides({key: v}), stats)
             except ConfigError as e:
                 raise ConfigError(f"space {key}: value {v!r} does not fit the data ({e})") from None
+
+
+def finished_summary(spec: SweepSpec) -> dict[str, Any] | None:
+    """The summary of the sweep of this name if it ran to its end (summary.json is written last)."""
+    path = spec.experiment_dir / "summary.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        return None
+
+
+def preflight(spec: SweepSpec, *, resume: bool = False) -> Launch:
+    """All checks that need neither Ray nor any write.
+
+    A sweep of this name that already finished is not run again, with or without --resume
+    (``Launch.finished`` holds its summary) when its settings are the same; with other settings
+    it is an error that asks for another name."""
+    check_data(spec)
     exp = spec.experiment_dir
-    if resume and not exp.exists():
+    done = finished_summary(spec)
+    if done is not None:
+        _check_same_sweep(spec, exp / SPEC_FILE, resume)
+    elif resume and not exp.exists():
         raise ConfigError(f"nothing to resume: no sweep {spec.name!r} under {spec.storage}; drop --resume to start it")
-    if not resume and exp.exists():
-        raise ConfigError(f"sweep {spec.name!r} already exists under {spec.storage}; pass --resume to continue it, "
-                          f"or --set name=<new name> to start another")
-    if resume:
-        _check_same_sweep(spec, exp / SPEC_FILE)
+    elif not resume and exp.exists():
+        raise ConfigError(f"sweep {spec.name!r} already exists under {spec.storage} and has not finished; pass "
+                          f"--resume to continue it, or --set name=<new name> to start another")
+    elif resume:
+        _check_same_sweep(spec, exp / SPEC_FILE, resume)
     # a sweep stopped before Ray Tune saved any state (e.g. while pretraining) starts its trials afresh,
     # keeping its pretraining cache and MLflow runs
     tuner_state = resume and (exp / "tuner.pkl").exists() and any(exp.glob("experiment_state-*.json"))
@@ -65,7 +87,7 @@ def preflight(spec: SweepSpec, *, resume: bool = False) -> Launch:
         uri = resolve_tracking_uri(spec.settings.mlflow.tracking_uri)
         check_tracking_uri(uri)
     return Launch(spec, exp / "pretrain_cache", uri, spec.settings.mlflow.experiment or spec.name, tuner_state,
-                  reattach=resume)
+                  reattach=resume, finished=done)
 
 
 def identity(spec: SweepSpec) -> dict[str, Any]:
@@ -75,28 +97,54 @@ def identity(spec: SweepSpec) -> dict[str, Any]:
     return dotted({"base": d["base_config"], "space": d["space"], "tune": d["settings"]["tune"]})
 
 
-def _check_same_sweep(spec: SweepSpec, path: Path) -> None:
+def _check_same_sweep(spec: SweepSpec, path: Path, resume: bool) -> None:
     if not path.is_file():
         return
     first = json.loads(path.read_text())
     now = json.loads(json.dumps(identity(spec)))
     diff = sorted(k for k in first.keys() | now.keys() if first.get(k) != now.get(k))
     if diff:
-        shown = ", ".join(f"{k} ({first.get(k)!r} -> {now.get(k)!r})" for k in diff[:4])
-        raise ConfigError(f"--resume of sweep {spec.name!r} with settings that differ from its first launch: {shown}"
-                          f"{' ...' if len(diff) > 4 else ''}; repeat the first launch's spec and --set options")
+        shown = ", ".join(f"{k} ({first.get(k)!r} -> {now.get(k)!r})" for k in diff[:4]) + (" ..." if len(diff) > 4 else "")
+        if resume:
+            raise ConfigError(f"--resume of sweep {spec.name!r} with settings that differ from its first launch: "
+                              f"{shown}; repeat the first launch's spec and --set options")
+        raise ConfigError(f"sweep {spec.name!r} already ran under {spec.storage} with other settings: {shown}; "
+                          f"--set name=<new name> starts a sweep with these")
+
+
+def dry_run(spec: SweepSpec) -> str:
+    """What ``--dry-run`` prints, after the checks of the data that the run would make first."""
+    check_data(spec)
+    return describe(spec)
+
+
+def machine_warnings(spec: SweepSpec) -> list[str]:
+    """Per-trial resources that this machine can never give (a local Ray would leave every trial pending)."""
+    import os
+
+    cpus = os.cpu_count() or 1
+    r = spec.resources
+    out = []
+    if r.cpu > cpus:
+        out.append(f"warning: resources.cpu = {r.cpu:g} is more than this machine's {cpus} CPUs: a local Ray can "
+                   "start no trial; lower it, or run on a cluster with such nodes (--address)")
+    return out
 
 
 def describe(spec: SweepSpec) -> str:
-    """The dry-run text: resolved base config, search space, resources and search settings."""
+    """The dry-run text: resolved base config (the sections that apply), search space, resources,
+    search settings."""
     import yaml
 
     t, r = spec.tune, spec.resources
     shared = not any(affects_pretraining(k) for k in spec.space)
+    base = spec.base.to_dict()
+    if spec.base.data.dataset != "synthetic":
+        base["data"].pop("synthetic")
     lines = [
         f"sweep {spec.name} ({spec.source})",
         "base config (resolved):",
-        yaml.safe_dump(spec.base.to_dict(), sort_keys=False).rstrip().replace("\n", "\n  ").join(["  ", ""]),
+        yaml.safe_dump(base, sort_keys=False).rstrip().replace("\n", "\n  ").join(["  ", ""]),
         "search space:",
         *(f"  {k}: {d.kind}{list(d.args)}" for k, d in spec.space.items()),
         f"resources per trial: {r.cpu:g} CPU, {r.gpu:g} GPU"
@@ -109,5 +157,6 @@ def describe(spec: SweepSpec) -> str:
         f"storage: {spec.experiment_dir}",
         f"mlflow: {'on' if spec.settings.mlflow.enabled else 'off'}"
         + (f" ({spec.settings.mlflow.tracking_uri or 'default store'})" if spec.settings.mlflow.enabled else ""),
+        *machine_warnings(spec),
     ]
     return "\n".join(lines)

@@ -23,22 +23,37 @@ def trial_rows(result_grid: Any, default_epochs: int | None) -> list[dict[str, A
     return [result_row(r, default_epochs) for r in result_grid]
 
 
+def ties(win: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """Trials whose best validation interval overlaps the winner's: on these episodes the winner is
+    not distinguishably better than them."""
+    def interval(t: dict[str, Any]) -> tuple[float, float]:
+        ci = t.get("best_val_ci95") or 0.0
+        return t["best_val_acc"] - ci, t["best_val_acc"] + ci
+
+    low, _ = interval(win)
+    return [t["trial_id"] for t in rows if t is not win and t["best_val_acc"] is not None and interval(t)[1] >= low]
+
+
 def format_table(summary: dict[str, Any], top: int = 8) -> str:
     b, trials = summary["best"], summary["trials"]
     count = {o: sum(t["outcome"] == o for t in trials) for o in OUTCOMES}
     lines = [(f"sweep {summary['name']}: {len(trials)} trials ({count['completed']} completed, "
               f"{count['stopped_early']} stopped early by ASHA, {count['diverged']} diverged, "
               f"{count['errored']} errored) in {summary['wall_s']:.0f} s")]
+    tied = set(b.get("ties") or []) if b else set()
     if b:
+        tie_note = (f"; within its 95% CI: {', '.join(sorted(tied))} (marked ~): the winner is not clearly better"
+                    if tied else "; no other trial within its 95% CI")
         lines += [f"best trial {b['trial_id']}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in b["config"].items()),
-                  f"  val acc  {100 * b['val_acc']:.2f}%",
+                  f"  val acc  {_pct(b['val_acc'], b.get('val_ci95'))}{tie_note}",
                   (f"  test acc {100 * b['test_acc']:.2f}% ± {100 * b['test_ci95']:.2f} "
                    f"(95% CI, {b['test_episodes']} episodes)")]
     keys = list(summary["space"])
     ranked = sorted(summary["trials"], key=lambda t: -(t["best_val_acc"] or -1))[:top]
     head = ["trial", *keys, "best_val", "epochs", "outcome"]
-    rows = [[t["trial_id"], *(_fmt(t["config"].get(k)) for k in keys),
-             f"{100 * t['best_val_acc']:.2f}" if t["best_val_acc"] is not None else "-", str(t["epoch"]),
+    rows = [[t["trial_id"] + (" ~" if t["trial_id"] in tied else ""), *(_fmt(t["config"].get(k)) for k in keys),
+             _pct(t["best_val_acc"], t.get("best_val_ci95")) if t["best_val_acc"] is not None else "-",
+             f"{t['epoch']}/{t['planned_epochs']}" if t.get("planned_epochs") else str(t["epoch"]),
              t["outcome"]] for t in ranked]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     lines.append("top trials:")
@@ -48,6 +63,26 @@ def format_table(summary: dict[str, Any], top: int = 8) -> str:
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _pct(acc: float, ci: float | None) -> str:
+    return f"{100 * acc:.2f}%" + (f" ± {100 * ci:.2f}" if ci is not None else "")
+
+
+def next_steps(summary: dict[str, Any]) -> str:
+    """Where the winner is and the commands that use it, for the end of the terminal output."""
+    exp = Path(summary["best"]["checkpoint"]).parents[1] if summary.get("best") else None
+    lines = [f"summary:            {exp / 'summary.json'}"] if exp else []
+    if summary.get("best"):
+        b = summary["best"]
+        lines += [f"winner checkpoint:  {b['checkpoint']}",
+                  f"winner config:      {b.get('config_file') or Path(b['checkpoint']).with_name('config.yaml')}",
+                  f"test it again:      python -m mtl evaluate {b['checkpoint']} --set eval.episodes=2000"]
+    uri = (summary.get("mlflow") or {}).get("tracking_uri")
+    if uri:
+        lines.append("compare the trials: " + (f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite")
+                                               else f"open {uri}"))
+    return "\n".join(lines)
 
 
 def finished_trials(exp: Path, result_grid: Any) -> int:
@@ -89,9 +124,12 @@ def figures(summary: dict[str, Any]) -> dict[str, Any]:
     from mtl.tracking import plot_param_importance, plot_validation_curves
 
     figs = {"validation_curves.png": plot_validation_curves(summary["trials"])}
-    rows = [{**t["config"], summary["metric"]: t["best_val_acc"]} for t in summary["trials"]
-            if t["best_val_acc"] is not None]
-    imp = plot_param_importance(rows, list(summary["space"]), summary["metric"])
+    # every trial at the same budget: the largest epoch all of them reached (ASHA stops some early)
+    curves = [t for t in summary["trials"] if t["history"]]
+    budget = min((t["history"][-1]["epoch"] for t in curves), default=0)
+    rows = [{**t["config"], "val_acc": h["val_acc"]} for t in curves for h in t["history"] if h["epoch"] == budget]
+    imp = plot_param_importance(rows, list(summary["space"]), "val_acc", space=summary["space"],
+                                budget=f"epoch {budget} (the last epoch every trial reached)")
     if imp is not None:
         figs["param_importance.png"] = imp
     return figs

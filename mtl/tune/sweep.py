@@ -15,11 +15,13 @@ from typing import Any
 from mtl.configs import save_config
 from mtl.tune import SweepInterrupted
 from mtl.tune.cluster import concurrent_slots, connect, remote, restore_sigterm, sigterm_as_ctrl_c, trial_resources
+from mtl.tune.cluster import setup_worker_logging, tune_verbosity
 from mtl.tune.preflight import SPEC_FILE, Launch, identity, preflight
 from mtl.config import affects_pretraining
 from mtl.tune.spec import SweepSpec
-from mtl.files import write_json_atomic
-from mtl.tune.summary import artifacts, figures, finished_trials, summary_metrics, sweep_params, trial_rows
+from mtl.files import write_json_atomic, write_text_atomic
+from mtl.tune.summary import (artifacts, figures, finished_trials, format_table, summary_metrics, sweep_params, ties,
+                              trial_rows)
 
 log = logging.getLogger(__name__)
 _USER_MAX_PENDING = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")  # a user's own setting wins
@@ -29,6 +31,9 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
               ray_init: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume) a sweep end to end; returns the summary also written to summary.json."""
     launch = preflight(spec, resume=resume)
+    if launch.finished is not None:  # ran to its end already: changes nothing, not even its wall time
+        log.info("sweep %s finished already (%s); nothing to run", spec.name, spec.experiment_dir / "summary.json")
+        return {**launch.finished, "reused": True}
     start = time.time()
     connect(address, **(ray_init or {}))
     sigterm = sigterm_as_ctrl_c()
@@ -46,12 +51,14 @@ def _run(launch: Launch, start: float) -> dict[str, Any]:
     if not (exp / SPEC_FILE).exists():
         write_json_atomic(exp / SPEC_FILE, identity(spec))
     tracker = None
-    callbacks: list[Any] = []
+    from mtl.tune.progress import progress_callback  # ray.tune: only once Ray runs
+
+    callbacks: list[Any] = [progress_callback(spec, resources, start)]  # epoch, trial-end and progress lines
     if launch.tracking_uri:
         from mtl.tracking.mlflow import SweepTracker
 
         tracker = SweepTracker(launch.tracking_uri, launch.experiment, spec.name,
-                               planned_epochs=spec.base.meta.epochs)
+                               planned_epochs=spec.base.meta.epochs, metric=spec.tune.metric, mode=spec.tune.mode)
         tracker.start(sweep_params(spec), tags={"spec": spec.source}, reattach=launch.reattach)
         callbacks.append(tracker.callback())
     status = "FAILED"
@@ -68,7 +75,7 @@ def _run(launch: Launch, start: float) -> dict[str, Any]:
             status = "KILLED"
             raise SweepInterrupted(spec.name, finished, spec.tune.num_samples, exp)
         mlflow = None if tracker is None else {"tracking_uri": launch.tracking_uri, "experiment": launch.experiment,
-                                               "parent_run_id": tracker.parent_run_id}
+                                               "parent_run_id": tracker.parent_run_id, "ui_url": tracker.ui_url()}
         summary = summarize(launch, result_grid, resources, time.time() - start, mlflow=mlflow)
         write_json_atomic(exp / "summary.json", summary)
         status = "FINISHED"
@@ -81,7 +88,9 @@ def _run(launch: Launch, start: float) -> dict[str, Any]:
     if summary["best"] is None:
         log.error("no trial produced a checkpoint; see the errors in %s/summary.json", exp)
     if tracker is not None:
-        tracker.finish(summary_metrics(summary), artifacts=artifacts(exp), figures=figures(summary))
+        tracker.finish(summary_metrics(summary), artifacts=artifacts(exp), figures=figures(summary),
+                       best_trial=summary["best"]["trial_id"] if summary["best"] else None,
+                       description=format_table(summary))
     return summary
 
 
@@ -96,14 +105,17 @@ def build_tuner(launch: Launch, resources: dict[str, float], callbacks: list[Any
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from mtl.tune.progress import adopt_output
     from mtl.tune.trainable import train_mtl
 
     spec, t = launch.spec, launch.spec.tune
     trainable = tune.with_resources(
         tune.with_parameters(train_mtl, base=spec.base.to_dict(), cache_root=str(launch.cache_root)), resources)
     if launch.resume:
-        return tune.Tuner.restore(str(spec.experiment_dir), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=True)
+        tuner = tune.Tuner.restore(str(spec.experiment_dir), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+        adopt_output(tuner, callbacks, tune_verbosity())  # the restored RunConfig holds the first run's
+        return tuner
     sampler = (TPESampler(seed=t.seed, n_startup_trials=t.n_startup_trials) if t.searcher == "optuna"
                else RandomSampler(seed=t.seed))
     scheduler = (ASHAScheduler(time_attr=t.time_attr, max_t=spec.max_t, grace_period=t.grace_period,
@@ -120,7 +132,7 @@ def build_tuner(launch: Launch, resources: dict[str, float], callbacks: list[Any
                                     reuse_actors=True,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
-            name=spec.name, storage_path=str(spec.storage), callbacks=callbacks, verbose=1,
+            name=spec.name, storage_path=str(spec.storage), callbacks=callbacks, verbose=tune_verbosity(),
             failure_config=tune.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=t.checkpoints_to_keep)),
     )
@@ -134,7 +146,7 @@ def _pretrain_task(base: dict[str, Any], cache_root: str) -> dict[str, Any]:
     from mtl.runtime import make_env
     from mtl.trial import load_data, pretrained_backbone
 
-    logging.basicConfig(level=logging.INFO)
+    setup_worker_logging("pretrain")
     cfg = config_from_dict(base)
     env = replace(make_env(cfg.runtime), progress=False)
     ref = pretrained_backbone(cfg, env, load_data(cfg, env), cache_root, who="driver").ref
@@ -161,11 +173,13 @@ def summarize(launch: Launch, result_grid: Any, resources: dict[str, float], wal
             win["checkpoint"], str(launch.cache_root), str(exp / "best" / "meta_state.pt")))
         cfg = spec.base.with_overrides(win["config"])
         save_config(cfg, exp / "best" / "config.yaml")
-        (exp / "best" / "test_accs.csv").write_text("episode,acc\n" + "".join(
+        write_text_atomic(exp / "best" / "test_accs.csv", "episode,acc\n" + "".join(
             f"{i},{a:.6f}\n" for i, a in enumerate(res["accs"])))
         best = {"trial_id": win["trial_id"], "config": win["config"], "val_acc": win["best_val_acc"],
+                "val_ci95": win["best_val_ci95"], "ties": ties(win, candidates),
                 "test_acc": res["acc"], "test_ci95": res["ci95"], "test_episodes": len(res["accs"]),
-                "checkpoint": str(exp / "best" / "meta_state.pt"), "resolved_config": cfg.to_dict()}
+                "checkpoint": str(exp / "best" / "meta_state.pt"), "config_file": str(exp / "best" / "config.yaml"),
+                "resolved_config": cfg.to_dict()}
     summary = {"name": spec.name, "spec": spec.source, "metric": spec.tune.metric,
                "space": {k: {d.kind: list(d.args)} for k, d in spec.space.items()},
                "resources": resources, "best": best, "trials": rows, "wall_s": wall_s}

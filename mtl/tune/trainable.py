@@ -22,7 +22,7 @@ from mtl.pretraining import PretrainCache
 
 CHECKPOINT_FILE = "meta_state.pt"
 # metrics forwarded to Ray from each epoch's metrics (all numeric)
-REPORTED = ("epoch", "val_acc", "val_ci95", "best_val_acc", "train_loss", "train_acc", "hard_share",
+REPORTED = ("epoch", "val_acc", "val_ci95", "best_val_acc", "best_val_ci95", "train_loss", "train_acc", "hard_share",
             "hard_share_total", "episodes_per_s", "updates", "lr_ss", "lr_head")
 
 
@@ -30,6 +30,9 @@ def train_mtl(params: dict[str, Any], *, base: dict[str, Any], cache_root: str) 
     """Function trainable (wrap with ``tune.with_parameters(train_mtl, base=..., cache_root=...)``)."""
     from ray import tune
 
+    from mtl.tune.cluster import setup_worker_logging
+
+    setup_worker_logging()  # this worker's log lines: the driver's format, tagged with the trial's id
     cfg = config_from_dict(base).with_overrides(params)
     resume = None
     if (ck := tune.get_checkpoint()) is not None:

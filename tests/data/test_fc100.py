@@ -74,7 +74,7 @@ def test_fingerprint_needs_no_unpickling(cifar_root, cache, fakes, monkeypatch):
     data = fakes.data_for("fc100", cifar_root, cache, size=32)
     indexes = {s: index_split(data, s) for s in ("train", "val", "test")}
     expected = [ix.fingerprint for ix in indexes.values()]
-    monkeypatch.setattr(formats, "_load_pickle", lambda p: (_ for _ in ()).throw(AssertionError(p)))
+    monkeypatch.setattr(formats, "load_pickle", lambda p: (_ for _ in ()).throw(AssertionError(p)))
     fp = dataset_fingerprint(data)
     assert len(fp) == 64 and len(set(expected)) == 3
     assert dataset_fingerprint(data, indexes) == fp  # the same digest from listings already made

@@ -76,7 +76,7 @@ def test_pickle_listing_reuses_cache_meta(tmp_path, cache, fakes, monkeypatch):
     def no_unpickling(path):
         raise AssertionError(f"unpickled {path} although the cache knows the split")
 
-    monkeypatch.setattr(formats, "_load_pickle", no_unpickling)
+    monkeypatch.setattr(formats, "load_pickle", no_unpickling)
     assert index_split(data, "train").class_names == first.class_names
     again = load_split(data, "train", progress=False)
     assert torch.equal(again.images, first.images)

@@ -1,0 +1,119 @@
+"""The end of a sweep as a user reads it: ties with the winner, the next-step commands, a finished
+sweep that is not run again, the dry run's checks, an importance figure at one budget."""
+
+import json
+
+import pytest
+
+from mtl.errors import ConfigError, MTLError
+from mtl.tune.summary import figures, format_table, next_steps, ties
+
+
+def _trial(tid, acc, ci, epochs=4, planned=4, lr=0.1):
+    return {"trial_id": tid, "config": {"meta.inner_lr": lr}, "val_acc": acc, "best_val_acc": acc,
+            "best_val_ci95": ci, "val_ci95": ci, "train_loss": 1.0, "epoch": epochs, "planned_epochs": planned,
+            "outcome": "completed" if epochs == planned else "stopped_early", "stopped_early": epochs < planned,
+            "error": None, "checkpoint": f"/x/{tid}",
+            "history": [{"epoch": e, "val_acc": acc - 0.01 * (epochs - e)} for e in range(1, epochs + 1)]}
+
+
+def _summary(tmp_path, trials):
+    win = max(trials, key=lambda t: t["best_val_acc"])
+    best = {"trial_id": win["trial_id"], "config": win["config"], "val_acc": win["best_val_acc"],
+            "val_ci95": win["best_val_ci95"], "ties": ties(win, trials), "test_acc": 0.5, "test_ci95": 0.02,
+            "test_episodes": 600, "checkpoint": str(tmp_path / "smoke" / "best" / "meta_state.pt"),
+            "config_file": str(tmp_path / "smoke" / "best" / "config.yaml")}
+    return {"name": "smoke", "metric": "val_acc", "space": {"meta.inner_lr": {"loguniform": [0.01, 0.5]}},
+            "best": best, "trials": trials, "wall_s": 12.0,
+            "mlflow": {"tracking_uri": "sqlite:////w/mlflow.db", "experiment": "smoke", "parent_run_id": "p"}}
+
+
+def test_trials_within_the_winners_interval_are_ties():
+    trials = [_trial("a", 0.80, 0.01), _trial("b", 0.785, 0.01), _trial("c", 0.70, 0.01), _trial("d", 0.77, 0.01)]
+    assert ties(trials[0], trials) == ["b"]  # 0.795 >= 0.79; d reaches 0.78 only
+    e = _trial("e", 0.9, 0.0)
+    assert ties(e, [*trials, e]) == []
+
+
+def test_table_shows_the_interval_the_ties_and_the_planned_length(tmp_path):
+    s = _summary(tmp_path, [_trial("a", 0.80, 0.01), _trial("b", 0.785, 0.01, epochs=2), _trial("c", 0.5, 0.01)])
+    text = format_table(s)
+    assert "val acc  80.00% ± 1.00; within its 95% CI: b (marked ~): the winner is not clearly better" in text
+    assert "b ~" in text and "2/4" in text and "c ~" not in text
+    alone = format_table(_summary(tmp_path, [_trial("a", 0.80, 0.01), _trial("c", 0.5, 0.01)]))
+    assert "no other trial within its 95% CI" in alone
+
+
+def test_next_steps_name_the_winner_and_the_commands(tmp_path):
+    text = next_steps(_summary(tmp_path, [_trial("a", 0.8, 0.01)]))
+    ck = tmp_path / "smoke" / "best" / "meta_state.pt"
+    assert f"winner checkpoint:  {ck}" in text and f"winner config:      {ck.with_name('config.yaml')}" in text
+    assert f"python -m mtl evaluate {ck} --set eval.episodes=2000" in text
+    assert "mlflow ui --backend-store-uri sqlite:////w/mlflow.db" in text
+    assert f"summary:            {tmp_path / 'smoke' / 'summary.json'}" in text
+
+
+def test_importance_compares_every_trial_at_the_same_budget(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake(rows, params, metric, mode="max", space=None, budget=""):
+        seen.update(rows=rows, space=space, budget=budget)
+
+    monkeypatch.setattr("mtl.tracking.plot_param_importance", fake)
+    monkeypatch.setattr("mtl.tracking.plot_validation_curves", lambda rows: None)
+    trials = [_trial("a", 0.8, 0.01, lr=0.1), _trial("b", 0.6, 0.01, epochs=2, lr=0.2), _trial("c", 0.7, 0.01, lr=0.3)]
+    figures(_summary(tmp_path, trials))
+    assert seen["budget"].startswith("epoch 2")
+    # a's and c's values at epoch 2, not their final ones
+    assert [r["val_acc"] for r in seen["rows"]] == [pytest.approx(0.78), pytest.approx(0.6), pytest.approx(0.68)]
+    assert seen["space"] == {"meta.inner_lr": {"loguniform": [0.01, 0.5]}}
+
+
+def test_importance_uses_the_spaces_distributions():
+    from mtl.tracking.plots import _from_space
+
+    d = _from_space({"loguniform": [0.01, 0.5]})
+    assert d.log and (d.low, d.high) == (0.01, 0.5)
+    assert _from_space({"int": [3, 12]}).high == 12
+    assert list(_from_space({"choice": [0.0, 0.33]}).choices) == [0.0, 0.33]
+
+
+def _spec(tmp_path, *over):
+    from mtl.tune.spec import load_spec
+
+    return load_spec("search_spaces/smoke.yaml", [f"storage={tmp_path / 'res'}", "mlflow.enabled=false", *over])
+
+
+def test_a_finished_sweep_is_not_run_again(tmp_path):
+    from mtl.files import write_json_atomic
+    from mtl.tune.preflight import SPEC_FILE, identity, preflight
+
+    spec = _spec(tmp_path)
+    exp = spec.experiment_dir
+    exp.mkdir(parents=True)
+    write_json_atomic(exp / SPEC_FILE, identity(spec))
+    write_json_atomic(exp / "summary.json", {"name": "smoke", "wall_s": 445.7})
+    for resume in (False, True):
+        assert preflight(spec, resume=resume).finished == {"name": "smoke", "wall_s": 445.7}
+    with pytest.raises(ConfigError, match=r"already ran under .* with other settings: .*meta\.epochs.*--set name="):
+        preflight(_spec(tmp_path, "meta.epochs=9"))
+    from mtl.tune.sweep import run_sweep
+
+    again = run_sweep(spec)  # starts no Ray, writes nothing
+    assert again["reused"] and again["wall_s"] == 445.7
+    assert json.loads((exp / "summary.json").read_text()) == {"name": "smoke", "wall_s": 445.7}
+
+
+def test_dry_run_checks_the_data_and_shows_what_applies(tmp_path):
+    from mtl.tune.preflight import describe, dry_run
+    from mtl.tune.spec import load_spec
+
+    text = dry_run(_spec(tmp_path, "resources.cpu=4096"))
+    assert "    synthetic:" in text and "warning: resources.cpu = 4096 is more than this machine's" in text
+    spec = tmp_path / "mini.yaml"
+    spec.write_text("base: mini_1shot\nconfig: {data: {root: /nonexistent/mini}}\nspace:\n"
+                    "  meta.inner_lr: {loguniform: [0.02, 0.5]}\n")
+    mini = load_spec(spec, [f"storage={tmp_path / 'res'}"])
+    assert "synthetic:" not in describe(mini) and "dataset: mini" in describe(mini)
+    with pytest.raises(MTLError, match="miniImageNet not found under /nonexistent/mini"):
+        dry_run(mini)
