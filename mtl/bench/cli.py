@@ -58,7 +58,8 @@ def run(s: BenchSettings, json_path: str | None = None, command: Sequence[str] =
     """Every figure ``s`` (resolved, :func:`~mtl.bench.settings.resolve`) asks for; the result as a dict,
     also written to ``json_path`` after every figure."""
     from mtl.bench import figures as F
-    from mtl.bench.report import targets, write_json
+    from mtl.bench.report import targets
+    from mtl.files import write_json_atomic
     from mtl.bench.timing import Plan, device_info, release
     from mtl.bench.trials import concurrent_trials
     from mtl.bench.workload import build, describe, overrides
@@ -81,7 +82,7 @@ def run(s: BenchSettings, json_path: str | None = None, command: Sequence[str] =
         figs[name] = f
         _log(t0, name, f)
         if json_path:
-            write_json(result, json_path)
+            write_json_atomic(json_path, result)
 
     print(f"[{time.perf_counter() - t0:6.1f}s] {info['device']} {info['name']}, {s.backbone} @ {s.image_size} px,"
           f" {s.precision}, threads {info['threads']}", file=sys.stderr, flush=True)
@@ -110,7 +111,8 @@ def run(s: BenchSettings, json_path: str | None = None, command: Sequence[str] =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from mtl.bench.report import table, write_json
+    from mtl.bench.report import table
+    from mtl.files import write_json_atomic
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -121,6 +123,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(table(result), flush=True)
     if json_path:
-        write_json(result, json_path)
+        write_json_atomic(json_path, result)
         print(f"wrote {json_path}", file=sys.stderr)
     return 0

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
-from mtl.files import write_json_atomic
 
 # The targets (checkable on a GPU; set for resnet25 at 80 px, bf16 + channels_last).
 PRETRAIN_MIN_RATIO = 0.85  # pretraining throughput >= 0.85 x floor throughput
@@ -138,7 +136,3 @@ def table(result: dict[str, Any]) -> str:
 
 def finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def write_json(result: dict[str, Any], path: str | Path) -> None:
-    write_json_atomic(path, result)
