@@ -7,6 +7,14 @@ import tempfile
 import pytest
 from tune_support import RAY_ENV
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core: one compute thread each (also in the processes a
+    # test starts), or the workers' thread pools fight over the same cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):
@@ -42,3 +50,15 @@ def ray_local():
         finally:
             ray.shutdown()
             shutil.rmtree(temp, ignore_errors=True)
+
+
+# The longest modules first, so that pytest-xdist (``-n 2 --dist loadfile`` in pyproject.toml)
+# never ends with one worker alone on a long module while the other idles. The rest keep their
+# collection order.
+LONG_FIRST = ["test_tune_resume.py", "test_tune_sweep.py", "test_learning.py", "test_cluster_job.py",
+              "test_tracking.py", "test_bench.py", "test_output.py", "test_trial.py"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: ties keep their order

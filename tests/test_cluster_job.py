@@ -226,8 +226,8 @@ def ray_head():
                         break
             except OSError:
                 pass
-            if time.time() - started > 90:
-                pytest.fail(f"Ray head not ready after 90 s:\n{(Path(temp_dir) / 'ray_start.log').read_text()}")
+            if time.time() - started > 600:  # a hang guard, not a speed check
+                pytest.fail(f"Ray head not ready after 600 s:\n{(Path(temp_dir) / 'ray_start.log').read_text()}")
             time.sleep(0.5)
         print(f"\nray head up in {time.time() - started:.1f} s (dashboard {url}, temp dir {temp_dir})")
         yield url, env

@@ -10,8 +10,9 @@ from mtl.experiment import run_experiment
 
 @pytest.mark.slow
 def test_mtl_learns_far_above_chance_and_raw_pixels(tmp_path):
-    cfg = load_config("synthetic", ["pretrain.epochs=4", "pretrain.val_episodes=40", "meta.epochs=2", "eval.val_episodes=60",
-                                    "eval.episodes=200", "runtime.progress=false"])
+    # 16 px (a third of the time of 32 px): measured test 0.581 ± 0.015 against raw pixels 0.259
+    cfg = load_config("synthetic", ["data.image_size=16", "pretrain.epochs=4", "pretrain.val_episodes=40", "meta.epochs=2",
+                                    "eval.val_episodes=60", "eval.episodes=200", "runtime.progress=false"])
     res = run_experiment(cfg, tmp_path / "run")
     baseline = raw_pixel_nearest_centroid(load_split(cfg.data, "test", progress=False), way=5, shot=1, query=15,
                                           episodes=200, seed=0)

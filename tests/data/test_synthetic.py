@@ -104,14 +104,14 @@ def test_small_cnn_transfers_to_novel_classes():
     import torch.nn as nn
     import torch.nn.functional as F
 
-    data = Data(dataset="synthetic", image_size=32)
+    data = Data(dataset="synthetic", image_size=16)  # the tests' size; measured learnt 0.629, raw 0.259
     train, test = load_split(data, "train", progress=False), load_split(data, "test", progress=False)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         blocks = [nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2))
                   for i, o in ((3, 32), (32, 64), (64, 64), (64, 64))]
         net = nn.Sequential(*blocks, nn.Flatten())
-        head = nn.Linear(256, train.num_classes)
+        head = nn.Linear(64, train.num_classes)  # 16 px pooled four times: 1 x 1 x 64
         opt = torch.optim.Adam([*net.parameters(), *head.parameters()], 2e-3)
         x, y = train.images.float() / 255, train.labels
         for _ in range(3):
