@@ -48,22 +48,22 @@ def run(preset: str, overrides: Sequence[str], out: str | Path, json_path: str |
 
     cfg, short = shortened(preset, overrides)
     start = time.monotonic()
-    marks: dict[str, float] = {}
+    ends: dict[str, float] = {}
 
     def report(m: dict[str, Any]) -> None:
-        marks.setdefault(m["phase"], time.monotonic())  # the first epoch of each phase
-        marks[f"{m['phase']}_end"] = time.monotonic()
+        ends[m["phase"]] = time.monotonic()  # the end of each phase's latest epoch
 
     res = run_experiment(cfg, out, report=report)
-    total = time.monotonic() - start
-    pre_end = marks.get("pretrain_end", start)
+    end = time.monotonic()
+    pre_end = ends.get("pretrain", start)  # no pretraining epochs: the store held the backbone
+    meta_end = ends.get("meta", pre_end)
     record = {
         "kind": "repro", "preset": preset, "shortened": short, "overrides": list(overrides),
         "note": "a shortened run of the preset: an early point of its training, not the reproduction; "
                 f"the full run is: python -m mtl train {preset}",
         "environment": environment(),
-        "wall_s": {"total": total, "pretrain": pre_end - start, "meta": marks.get("meta_end", pre_end) - pre_end,
-                   "test": total - marks.get("meta_end", pre_end)},
+        "wall_s": {"total": end - start, "pretrain": pre_end - start, "meta": meta_end - pre_end,
+                   "test": end - meta_end},
         "result": {k: res[k] for k in ("test_acc", "test_ci95", "val_acc", "best_epoch", "pretrain_val_acc",
                                        "test_episodes", "protocol")},
         "config": res["config"],
