@@ -56,10 +56,13 @@ class Data(Section):
 class Model(Section):
     backbone: choice(BACKBONES) = pretraining_field("tiny")  # resnet12 (paper), resnet25 (official PyTorch code), tiny
     # BN in meta-transfer (docs/algorithm.md §9.3): frozen = running stats and affine fixed;
-    # train_affine = BN affine learns with lr_ss and batch statistics are used in training;
+    # train_affine = the PyTorch code: BN affine learns with lr_ss, and in training each task's support
+    # and query set are normalised by their own batch statistics (running statistics at evaluation);
     # batch_stats = TF behaviour, batch statistics always (transductive at test).
     bn_mode: Literal["frozen", "train_affine", "batch_stats"] = "frozen"
-    ss_scope: Literal["all", "3x3"] = "all"  # which convs get scale and shift
+    # which convs get scale and shift: all (the PyTorch code; a 1x1 conv's scale has as many numbers as
+    # its weight, so it is fine-tuned) or 3x3 (the TF code: 1x1 shortcuts stay frozen)
+    ss_scope: Literal["all", "3x3"] = "all"
     scale_granularity: Literal["kernel", "channel"] = "kernel"  # Cout x Cin x 1 x 1, or Cout x 1 x 1 x 1 ablation
 
 
