@@ -12,10 +12,9 @@ PyTorch code's recipe; ``tf``: the TensorFlow code's, docs/algorithm.md §2), so
 config written next to a result states every number that was used. A recipe switch resolves the
 same way on every path that builds a config (:func:`merge_layers`): a YAML file and the files of
 its ``base:`` chain, ``--set``, a sweep's ``config:`` and ``space``, :meth:`Config.with_overrides`.
-Fields that
-change what pretraining produces are marked (:func:`~mtl.schema.pretraining_field`, or a section's
-``pretraining = True``); :func:`pretraining_keys` lists them and the pretraining cache key is
-derived from them.
+Fields that change what pretraining produces are marked (:func:`~mtl.schema.pretraining_field`,
+or a section's ``pretraining = True``); :func:`pretraining_keys` lists them and the pretraining
+cache key is derived from them.
 """
 
 from typing import Any, ClassVar, Literal, Mapping, Optional, Sequence
