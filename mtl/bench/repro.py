@@ -77,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mtl.configs import packaged_configs
     from mtl.errors import MTLError
 
-    ap = argparse.ArgumentParser(prog="python -m mtl.bench.repro", description=__doc__.split("\n\n")[0].replace("``", ""))
+    ap = argparse.ArgumentParser(prog="python -m mtl.bench.repro",
+                                 description=__doc__.split("\n\n")[0].replace("``", ""))
     ap.add_argument("preset", help=f"a packaged config: {', '.join(packaged_configs())}")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field after the shortening, e.g. --set data.root=/data/miniImageNet")
