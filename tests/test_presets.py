@@ -85,7 +85,8 @@ def test_sweep_config_and_set_switch_the_recipe_alike(tmp_path):
 
 
 def test_sweep_space_searching_the_recipe(tmp_path):
-    text = "base: mini_1shot_pt\nspace:\n  pretrain.recipe: {choice: [pt, tf]}\n  pretrain.lr: {loguniform: [0.001, 0.1]}\n"
+    text = ("base: mini_1shot_pt\nspace:\n  pretrain.recipe: {choice: [pt, tf]}\n"
+            "  pretrain.lr: {loguniform: [0.001, 0.1]}\n")
     spec = load_spec(_spec(tmp_path, text), ROOT)
     base = spec.base.to_dict()  # what the driver hands each trial (mtl/tune/trainable.py builds the config so)
     trial = config_from_dict(base).with_overrides({"pretrain.recipe": "tf", "pretrain.lr": 0.02})

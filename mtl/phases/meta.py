@@ -5,7 +5,8 @@ the head initialisation (and BN affine in ``train_affine`` mode) learn, with two
 parameter groups. One outer update: embed a meta-batch of tasks (in one forward while BN uses
 running statistics; one forward per task's support set and per query set while it uses batch
 statistics, :class:`~mtl.phases.evaluate.Embedder`), adapt each task's head on its support
-features, score the adapted heads on the query features, average, step. Hard meta-batches follow each window of normal ones (docs/algorithm.md §4.3).
+features, score the adapted heads on the query features, average, step. Hard meta-batches
+follow each window of normal ones (docs/algorithm.md §4.3).
 """
 
 from __future__ import annotations
