@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="override a config field, e.g. --set meta.inner_lr=0.02 (repeatable)")
     tr.add_argument("--out", help="output folder (default runs/<config>-<time>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tr.add_argument("--dry-run", action="store_true",
+                    help="print the resolved config and check it against the dataset listing; run and write nothing")
     ev = sub.add_parser("evaluate", help="re-evaluate a meta checkpoint (meta_state.pt)")
     ev.add_argument("checkpoint", help="a run's meta_state.pt, or a sweep's best/meta_state.pt")
     ev.add_argument("--split", choices=["test", "val"], default="test",
@@ -58,6 +60,9 @@ def _train(args: argparse.Namespace) -> int:
     from mtl.experiment import run_experiment
 
     cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        print(dry_run(cfg))
+        return 0
     out = Path(args.out or f"runs/{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     res = run_experiment(cfg, out, resume=args.resume)
     print(f"val accuracy  {100 * res['val_acc']:.2f}% (best epoch {res['best_epoch']})")
@@ -65,6 +70,17 @@ def _train(args: argparse.Namespace) -> int:
           f"(95% CI over {res['test_episodes']} episodes; {res['protocol']})")
     print(f"results in {out}/result.json")
     return 0
+
+
+def dry_run(cfg) -> str:
+    """The resolved config (``train --dry-run``), after the checks of the episode shapes against the
+    dataset's listing that a run makes first (no image is decoded, nothing is written)."""
+    from mtl.config import check_against_data
+    from mtl.configs import config_text
+    from mtl.data import split_stats
+
+    check_against_data(cfg, split_stats(cfg.data))
+    return config_text(cfg).rstrip()
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -8,11 +8,13 @@ An unknown key, a wrong type or an impossible value raises :class:`~mtl.errors.C
 with one line that names the key and the fix.
 
 Pretraining fields left ``None`` are filled from the chosen recipe (``pt``: the official
-PyTorch code's SGD recipe; ``tf``: the TensorFlow code's Adam recipe, docs/algorithm.md §2), so
-the resolved config written next to a result states every number that was used. Fields that
-change what pretraining produces are marked (:func:`~mtl.schema.pretraining_field`, or a section's
-``pretraining = True``); :func:`pretraining_keys` lists them and the pretraining cache key is
-derived from them.
+PyTorch code's recipe; ``tf``: the TensorFlow code's, docs/algorithm.md §2), so the resolved
+config written next to a result states every number that was used. A recipe switch resolves the
+same way on every path that builds a config (:func:`merge_layers`): a YAML file and the files of
+its ``base:`` chain, ``--set``, a sweep's ``config:`` and ``space``, :meth:`Config.with_overrides`.
+Fields that change what pretraining produces are marked (:func:`~mtl.schema.pretraining_field`,
+or a section's ``pretraining = True``); :func:`pretraining_keys` lists them and the pretraining
+cache key is derived from them.
 """
 
 from typing import Any, ClassVar, Literal, Mapping, Optional, Sequence
@@ -21,8 +23,8 @@ from pydantic import Field, model_validator
 
 from mtl.errors import ConfigError
 from mtl.registry import BACKBONES, DATASETS, HEAD_INITS, NORMALIZATIONS, RECIPES
-from mtl.schema import (Section, as_mapping, at_least, choice, fail, fields, in_range, load, marked, positive,
-                        pretraining_field)
+from mtl.schema import (Section, as_mapping, at_least, choice, fail, fields, flatten, in_range, load, marked,
+                        positive, pretraining_field)
 from mtl.schema import check_key as schema_check_key
 
 Count = at_least(1)
@@ -53,20 +55,28 @@ class Data(Section):
 class Model(Section):
     backbone: choice(BACKBONES) = pretraining_field("tiny")  # resnet12 (paper), resnet25 (official PyTorch code), tiny
     # BN in meta-transfer (docs/algorithm.md §9.3): frozen = running stats and affine fixed;
-    # train_affine = BN affine learns with lr_ss and batch statistics are used in training;
+    # train_affine = the PyTorch code: BN affine learns with lr_ss, and in training each task's support
+    # and query set are normalised by their own batch statistics (running statistics at evaluation);
     # batch_stats = TF behaviour, batch statistics always (transductive at test).
     bn_mode: Literal["frozen", "train_affine", "batch_stats"] = "frozen"
-    ss_scope: Literal["all", "3x3"] = "all"  # which convs get scale and shift
+    # which convs get scale and shift: all (the PyTorch code; a 1x1 conv's scale has as many numbers as
+    # its weight, so it is fine-tuned) or 3x3 (the TF code: 1x1 shortcuts stay frozen)
+    ss_scope: Literal["all", "3x3"] = "all"
     scale_granularity: Literal["kernel", "channel"] = "kernel"  # Cout x Cin x 1 x 1, or Cout x 1 x 1 x 1 ablation
 
 
-# official PyTorch code (run_pre.py), docs/algorithm.md §2
+# The official PyTorch code (run_pre.py, models/mtl.py; docs/algorithm.md §2): SGD Nesterov, step
+# decay, crop + flip, an MLP pretraining head, the best epoch by few-shot probe.
 RECIPES.register("pt")(dict(epochs=110, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
-                            weight_decay=5e-4, lr_step=30, lr_gamma=0.2, augment=True, dropout=0.0))
-# TF code: Adam 1e-3 halved every 5k iterations, batch 64, 10k iterations, dropout 0.1, no
-# augmentation. In epochs of miniImageNet's 38,400 images: 10k it. = 16.7, 5k it. = 8.3.
+                            weight_decay=5e-4, lr_step=30, lr_gamma=0.2, augment=True, dropout=0.0, head="mlp",
+                            selection="best"))
+# The TF code: Adam 1e-3 halved every 5k iterations, batch 64, the 10k-iteration snapshot (no
+# selection), dropout 0.1 (keep 0.9), no augmentation, a linear head. In epochs of miniImageNet's
+# 38,400 images: 10k it. = 16.7, 5k it. = 8.3.
 RECIPES.register("tf")(dict(epochs=17, batch_size=64, optimizer="adam", lr=1e-3, momentum=0.9, nesterov=False,
-                            weight_decay=0.0, lr_step=8, lr_gamma=0.5, augment=False, dropout=0.1))
+                            weight_decay=0.0, lr_step=8, lr_gamma=0.5, augment=False, dropout=0.1, head="linear",
+                            selection="last"))
+RECIPE_KEY = "pretrain.recipe"
 
 
 class Pretrain(Section):
@@ -84,7 +94,10 @@ class Pretrain(Section):
     augment: bool  # random resized crop + horizontal flip
     crop_scale: in_range(0, 1, "(]") = 0.08  # smallest crop area share (torchvision's RandomResizedCrop default)
     dropout: in_range(0, 1, "[)")  # dropout after each residual block, pretraining only
-    # model selection: few-shot linear probe on a fixed bank of validation episodes
+    # the pretraining classifier, dropped before meta-transfer: linear, or mlp = features -> 1000 -> ReLU -> classes
+    head: Literal["linear", "mlp"]
+    selection: Literal["best", "last"]  # backbone kept: best probe accuracy, or the last epoch's (TF: fixed iteration)
+    # the probe: a linear head adapted on frozen features over a fixed bank of validation episodes
     val_every: Count = 1
     val_way: at_least(2) = 5
     val_shot: Count = 1
@@ -140,7 +153,8 @@ class Eval(Section):
     val_episodes: Count = 600  # size of the fixed validation bank used for model selection
     val_every: Count = 1  # meta-train epochs between validations
     protocol: Literal["standard", "paper"] = "standard"  # paper: query = shot, flipped support copies
-    seed: int = pretraining_field(0)  # seed of the validation banks (the probe's too) and the test episodes
+    # seed of three separate episode banks: the pretraining probe's, meta-validation's, the test episodes
+    seed: int = pretraining_field(0)
     batch_episodes: Count = 32  # episodes evaluated together
 
 
@@ -174,19 +188,44 @@ class Config(Section):
         return self
 
     def with_overrides(self, overrides: Mapping[str, Any] | Sequence[str]) -> "Config":
-        """A new validated config with dotted overrides applied.
+        """A new validated config with dotted overrides applied as one layer over this config
+        (:func:`merge_layers`: a recipe switch moves the fields that hold the old recipe's values)."""
+        return load(Config, {}, merge_layers([flatten(self.to_dict(), Config), as_mapping(overrides)]))
 
-        Changing ``pretrain.recipe`` moves the pretraining fields that still hold the old
-        recipe's values to the new recipe's values; fields set to other values stay.
-        """
-        flat = as_mapping(overrides)
-        tree = self.to_dict()
-        new_recipe = flat.get("pretrain.recipe", self.pretrain.recipe)
-        if new_recipe != self.pretrain.recipe and new_recipe in RECIPES:
-            for k, v in RECIPES.get(self.pretrain.recipe).items():
-                if tree["pretrain"][k] == v and f"pretrain.{k}" not in flat:
-                    tree["pretrain"][k] = None
-        return load(Config, tree, flat)
+
+def merge_layers(layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Dotted layers, lowest first (a base file, the file, a sweep's ``config:``, ``--set``, a
+    trial's searched values), merged into one: a later layer's value wins.
+
+    A layer that changes ``pretrain.recipe`` also moves every recipe field that still holds the
+    previous recipe's value, and is not set in that layer, to the new recipe's value. A resolved
+    config carries no history, so "came from the recipe" can only mean "equals the recipe's value";
+    applying the rule at every layer boundary makes every path agree. A value set on purpose
+    stays, unless it equals the old recipe's: then set it again in the layer that switches.
+    """
+    default = Pretrain.model_fields["recipe"].default
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        old = merged.get(RECIPE_KEY, default)
+        new = layer.get(RECIPE_KEY, old)
+        if new != old and isinstance(old, str) and old in RECIPES:
+            for k, v in RECIPES.get(old).items():
+                key = f"pretrain.{k}"
+                if key not in layer and key in merged and merged[key] == v:
+                    del merged[key]  # the new recipe fills it
+        merged.update(layer)
+    return merged
+
+
+def recipe_note(cfg: Config) -> str:
+    """One line on where the recipe fields of a resolved config came from (``--dry-run``, the head
+    of a saved config.yaml): those that hold the recipe's values, and those set otherwise."""
+    p = cfg.pretrain
+    values = RECIPES.get(p.recipe)
+    same = [k for k, v in values.items() if p.get(k) == v]
+    other = [f"{k}={p.get(k)}" for k in values if k not in same]
+    return (f"pretrain.recipe {p.recipe} supplies {', '.join(same) or 'no field'}"
+            + (f"; set otherwise: {', '.join(other)}" if other else ""))
 
 
 def config_from_dict(tree: Mapping[str, Any]) -> Config:

@@ -8,9 +8,13 @@ index tensors (support, query) and the classes they came from; gathering images 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
+
+# the fixed banks of one run: the pretraining probe's, meta-validation's, the test episodes
+BANKS = ("probe", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -81,3 +85,13 @@ def episode_bank(offsets: torch.Tensor, way: int, shot: int, query: int, n: int,
     so trials are compared on the same tasks."""
     g = torch.Generator().manual_seed(seed)
     return sample_episodes(offsets, way, shot, query, n, g)
+
+
+def bank_seed(seed: int, role: str) -> int:
+    """The seed of the bank ``role`` (one of :data:`BANKS`) for the run seed ``eval.seed``: one
+    seed, three unrelated streams, so the backbone is not selected on the very tasks that select
+    the meta-trained model (the probe and meta-validation both draw 1-shot episodes from the
+    validation split), and no test episode repeats a validation one."""
+    if role not in BANKS:
+        raise ValueError(f"bank role must be one of {BANKS}, not {role!r}")
+    return int.from_bytes(hashlib.sha256(f"mtl-bank|{role}|{seed}".encode()).digest()[:8], "little") >> 1

@@ -24,7 +24,7 @@ from mtl.config import Config, check_against_data, eval_query
 from mtl.data import dataset_fingerprint, index_splits, load_split, split_stats
 from mtl.data.cache import cache_dir
 from mtl.data.transforms import Normalize
-from mtl.episodes import episode_bank
+from mtl.episodes import bank_seed, episode_bank
 from mtl.errors import CheckpointError
 from mtl.models.head import HeadInit
 from mtl.models.scale_shift import load_meta_state, set_bn_mode
@@ -57,7 +57,7 @@ def load_data(cfg: Config, env: Env, splits: tuple[str, ...] = ("train", "val"))
 
 def pretrainer(cfg: Config, env: Env, data: dict[str, Any]) -> Pretrainer:
     return Pretrainer(cfg.pretrain, env, data["train"], data["val"], backbone=cfg.model.backbone,
-                      normalization=cfg.data.normalization, probe_seed=cfg.eval.seed,
+                      normalization=cfg.data.normalization, probe_seed=bank_seed(cfg.eval.seed, "probe"),
                       eval_batch=cfg.eval.batch_episodes)
 
 
@@ -167,7 +167,7 @@ def run_trial(cfg: Config, *, store: str | Path, report: Report, resume: dict[st
 
 def test_checkpoint(ck: dict[str, Any], cfg: Config, env: Env, split) -> dict[str, Any]:
     """Few-shot accuracy (mean, 95% CI, per episode) of a meta checkpoint's best state on ``split``:
-    ``cfg.eval.episodes`` episodes drawn with ``cfg.eval.seed + 1`` (the validation bank uses the seed)."""
+    ``cfg.eval.episodes`` episodes of the test bank of ``cfg.eval.seed`` (:func:`~mtl.episodes.bank_seed`)."""
     if ck.get("backbone") is None:
         raise CheckpointError("the checkpoint holds no backbone weights; complete it from its pretraining entry")
     model = build_meta_model(cfg.model, env, ck["backbone"])
@@ -176,9 +176,9 @@ def test_checkpoint(ck: dict[str, Any], cfg: Config, env: Env, split) -> dict[st
     load_meta_state(model, state["model"])
     head.load_state_dict(state["head"])
     set_bn_mode(model, cfg.model.bn_mode, training=False)
-    embed = Embedder(model, Normalize(cfg.data.normalization, env.device, env.channels_last), env,
-                     transductive=cfg.model.bn_mode == "batch_stats")
+    embed = Embedder(model, Normalize(cfg.data.normalization, env.device, env.channels_last), env)
     e, m = cfg.eval, cfg.meta
-    episodes = episode_bank(split.offsets, m.way, m.shot, eval_query(m, e), e.episodes, e.seed + 1)
+    episodes = episode_bank(split.offsets, m.way, m.shot, eval_query(m, e), e.episodes,
+                            bank_seed(e.seed, "test"))
     return evaluate(embed, split, episodes, head.weight, head.bias, steps=e.inner_steps, lr=m.inner_lr,
                     batch_episodes=e.batch_episodes, flip_support=e.protocol == "paper")

@@ -190,3 +190,38 @@ def test_asking_for_cuda_without_one_exits_2(capsys, monkeypatch):
     assert main(["--set", "device=cuda"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: device = 'cuda' but no CUDA device is visible; set device=cpu (or auto)"
+
+
+# ----------------------------------------------------------------------------- shortened reproduction
+
+
+def test_shortened_reproduction_only_lowers_lengths_and_set_wins():
+    from mtl.bench.repro import SHORT, shortened
+
+    cfg, short = shortened("mini_1shot_tf", ["data.root=/data", "eval.val_episodes=50"])
+    assert (cfg.pretrain.epochs, cfg.meta.epochs, cfg.pretrain.val_episodes) == (4, 10, 200)
+    assert cfg.eval.val_episodes == 50 and cfg.eval.episodes == 600  # --set wins; the test keeps its size
+    assert cfg.meta.inner_lr == 0.005 and cfg.model.ss_scope == "3x3"  # the rest is the preset
+    cfg, short = shortened("synthetic", [])
+    assert short["meta.epochs"] == cfg.meta.epochs == 8 and set(short) == set(SHORT)  # 8 < 10: not raised
+
+
+@pytest.mark.slow
+def test_gpu_repro_script_runs_a_preset_on_the_cpu_and_writes_its_json(tmp_path):
+    import os
+
+    from tiny_settings import TINY
+
+    extra = " ".join(f"--set {kv}" for kv in [*TINY, "meta.epochs=1", "pretrain.epochs=1"])
+    env = {**os.environ, "REPRO_DEVICE": "cpu", "PRESET": "synthetic", "REPRO_EXTRA": extra,
+           "OUT": str(tmp_path / "out"), "REPRO_RUN_DIR": str(tmp_path / "runs"), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", "launch/gpu_repro.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (path,) = (tmp_path / "out").glob("repro-cpu-*-synthetic.json")
+    rec = json.loads(path.read_text())
+    assert rec["preset"] == "synthetic" and rec["kind"] == "repro" and "not the reproduction" in rec["note"]
+    assert rec["config"]["meta"]["epochs"] == 1 and rec["environment"]["device"] == "cpu"
+    assert 0.0 <= rec["result"]["test_acc"] <= 1.0 and rec["result"]["test_episodes"] == 40
+    assert all(v >= 0 for v in rec["wall_s"].values())
+    assert path.with_suffix(".log").is_file()

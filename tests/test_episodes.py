@@ -1,8 +1,8 @@
-"""Episode sampling and the fixed validation bank."""
+"""Episode sampling and the fixed episode banks."""
 
 import torch
 
-from mtl.episodes import episode_bank, sample_episodes
+from mtl.episodes import BANKS, bank_seed, episode_bank, sample_episodes
 
 # 7 classes of unequal size, grouped: class c occupies offsets[c]:offsets[c+1]
 COUNTS = torch.tensor([20, 25, 30, 21, 40, 22, 23])
@@ -54,3 +54,39 @@ def test_validation_bank_is_fixed_by_its_seed():
     assert torch.equal(a.support, b.support) and torch.equal(a.query, b.query) and torch.equal(a.classes, b.classes)
     assert not torch.equal(episode_bank(OFFSETS, 5, 1, 15, 100, seed=1).support, a.support)
     assert torch.equal(a[10:20].support, a.support[10:20])
+
+
+def _episode_set(eps):
+    return {(tuple(c.tolist()), tuple(s.tolist()), tuple(q.tolist()))
+            for c, s, q in zip(eps.classes, eps.support, eps.query)}
+
+
+def test_probe_validation_and_test_banks_share_no_episode():
+    # miniImageNet's validation split (16 classes of 600 images) and the banks of a 1-shot run:
+    # the pretraining probe and meta-validation draw the same shape from the same split
+    offsets = torch.arange(17, dtype=torch.int64) * 600
+    seeds = {role: bank_seed(0, role) for role in BANKS}
+    assert len(set(seeds.values())) == 3
+    banks = {role: _episode_set(episode_bank(offsets, 5, 1, 15, 600, s)) for role, s in seeds.items()}
+    assert all(len(b) == 600 for b in banks.values())
+    assert not banks["probe"] & banks["val"] and not banks["probe"] & banks["test"] and not banks["val"] & banks["test"]
+    assert bank_seed(0, "val") == bank_seed(0, "val") != bank_seed(1, "val")  # fixed by the run seed
+
+
+def test_the_trainers_draw_their_banks_from_separate_seeds():
+    from tiny_settings import TINY
+
+    from mtl.configs import load_config
+    from mtl.models.backbones import create_backbone
+    from mtl.runtime import make_env
+    from mtl.trial import load_data, meta_trainer, pretrainer
+
+    cfg = load_config("synthetic", [*TINY, "eval.val_episodes=20", "pretrain.val_episodes=20"])
+    env = make_env(cfg.runtime)
+    data = load_data(cfg, env)
+    probe = pretrainer(cfg, env, data).bank
+    val = meta_trainer(cfg, env, data, create_backbone("tiny").state_dict()).val_bank
+    assert (probe.shot, probe.n_query, probe.way) == (val.shot, val.n_query, val.way)  # same shape, same split
+    assert _episode_set(probe) == _episode_set(episode_bank(data["val"].offsets, 5, 1, 15, 20, bank_seed(0, "probe")))
+    assert _episode_set(val) == _episode_set(episode_bank(data["val"].offsets, 5, 1, 15, 20, bank_seed(0, "val")))
+    assert not _episode_set(probe) & _episode_set(val)

@@ -20,7 +20,7 @@ from mtl.data.transforms import Normalize, hflip
 from mtl.episodes import episode_bank
 from mtl.models.backbones import create_backbone
 from mtl.models.head import ci95
-from mtl.models.scale_shift import set_bn_mode, ss_parameters, to_scale_shift
+from mtl.models.scale_shift import bn_affine_parameters, set_bn_mode, ss_parameters, to_scale_shift
 from mtl.phases.evaluate import Embedder, cpu_chunk, evaluate
 from mtl.phases.meta import build_meta_model
 from mtl.runtime import make_env
@@ -31,7 +31,7 @@ OVERRIDES = [
     "data.synthetic.train_classes=10", "data.synthetic.val_classes=6", "data.synthetic.test_classes=6",
     "data.synthetic.images_per_class=25", "model.backbone=tiny", "runtime.device=cpu", "runtime.progress=false",
     "meta.way=5", "meta.shot=1", "meta.query=15", "meta.meta_batch=2", "meta.inner_steps=4", "meta.inner_lr=0.1",
-    "eval.batch_episodes=8", "eval.inner_steps=10", "hard_tasks.ratio=0",
+    "eval.batch_episodes=8", "eval.inner_steps=10", "hard_tasks.ratio=0", "pretrain.head=linear",
 ]
 
 
@@ -129,10 +129,34 @@ def test_transductive_embedding_uses_each_roles_own_batch_statistics(setup):
         torch.testing.assert_close(fq[i], t.model(t.normalize(train.images[eps.query[i]])), rtol=1e-5, atol=1e-5)
 
 
+def _bn_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+def test_train_affine_embedding_equals_two_forwards_per_task(setup):
+    """The official PyTorch code runs each task's support set and its query set through forwards
+    of their own in train mode: each normalised by its own statistics, the running ones updated
+    once per forward."""
+    cfg, env, train, _, state = setup
+    t = meta_trainer(cfg.with_overrides(["model.bn_mode=train_affine"]), env, {"train": train, "val": train}, state)
+    ref = copy.deepcopy(t.model)
+    eps = t.sample()
+    fs, fq = t.embed(train, eps)
+    for i in range(len(eps)):
+        torch.testing.assert_close(fs[i], ref(t.normalize(train.images[eps.support[i]])), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fq[i], ref(t.normalize(train.images[eps.query[i]])), rtol=1e-5, atol=1e-5)
+    got, want = _bn_state(t.model), _bn_state(ref)
+    assert got.keys() == want.keys() and all(torch.allclose(got[k], want[k], atol=1e-6) for k in got)
+    pooled = copy.deepcopy(ref)(t.normalize(train.images[torch.cat([eps.support, eps.query], 1).flatten()]))
+    assert not torch.allclose(pooled[: fs.shape[1]], fs[0], atol=1e-3)  # one pooled forward would differ
+    set_bn_mode(t.model, "train_affine", training=False)  # at evaluation: running statistics, one forward
+    assert not t.embed.batch_statistics()
+
+
 # ----------------------------------------------------------------------------- (c) meta-gradient
 
 
-def _reference_grads(model, head, norm, images, eps, steps, lr, second_order):
+def _reference_grads(model, head, norm, images, eps, steps, lr, second_order, bn_affine=False):
     """One outer step written plainly: per task, two forwards, autograd inner loop, mean query CE."""
     ys, yq = _labels(eps.way, eps.shot), _labels(eps.way, eps.n_query)
     losses = []
@@ -140,24 +164,28 @@ def _reference_grads(model, head, norm, images, eps, steps, lr, second_order):
         fs, fq = model(norm(images[eps.support[i]])), model(norm(images[eps.query[i]]))
         w, b = _plain_adapt(fs, ys, head.weight, head.bias, steps, lr, create_graph=second_order)
         losses.append(F.cross_entropy(fq @ w.T + b, yq))
-    params = [*ss_parameters(model), head.weight, head.bias]
+    params = [*ss_parameters(model), *(bn_affine_parameters(model) if bn_affine else []), head.weight, head.bias]
     return torch.autograd.grad(torch.stack(losses).mean(), params)
 
 
-@pytest.mark.parametrize("first_order", [True, False])
-def test_outer_step_gradient_equals_a_plain_reference(setup, first_order):
+@pytest.mark.parametrize("first_order,bn_mode", [(True, "frozen"), (False, "frozen"), (True, "train_affine")])
+def test_outer_step_gradient_equals_a_plain_reference(setup, first_order, bn_mode):
     cfg, env, train, _, state = setup
-    cfg = cfg.with_overrides({"meta.first_order": first_order})
+    cfg = cfg.with_overrides({"meta.first_order": first_order, "model.bn_mode": bn_mode})
     t = meta_trainer(cfg, env, {"train": train, "val": train}, state)
     eps = t.sample()
     ref_model, ref_head = copy.deepcopy(t.model), copy.deepcopy(t.head)
     t.outer_step(eps)  # leaves the gradients of the step in .grad
-    got = [p.grad for p in [*ss_parameters(t.model), t.head.weight, t.head.bias]]
+    affine = list(bn_affine_parameters(t.model)) if bn_mode == "train_affine" else []
+    got = [p.grad for p in [*ss_parameters(t.model), *affine, t.head.weight, t.head.bias]]
     args = (ref_model, ref_head, t.normalize, train.images, eps, cfg.meta.inner_steps, cfg.meta.inner_lr)
-    ref = _reference_grads(*args, second_order=not first_order)
+    ref = _reference_grads(*args, second_order=not first_order, bn_affine=bool(affine))
     assert len(got) == len(ref) and all(g is not None for g in got)
+    # under batch statistics a shift before BN is cancelled: its exact gradient is 0 and both
+    # sides hold rounding noise, so the tolerance there is set by the step's largest gradient
+    floor = 1e-6 if bn_mode == "frozen" else 1e-5 * max(r.abs().max().item() for r in ref)
     for g, r in zip(got, ref):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6 + 1e-4 * r.abs().max().item())
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=floor + 1e-4 * r.abs().max().item())
     if not first_order:  # the comparison can tell the orders apart
         other = _reference_grads(*args, second_order=False)
         assert any((g - o).abs().max() > 1e-3 * o.abs().max() for g, o in zip(got, other))

@@ -82,6 +82,14 @@ def test_3x3_scope_leaves_shortcuts_plain_and_frozen():
     assert sum(isinstance(m, SSConv2d) for m in net.modules()) == 12
 
 
+def test_3x3_scope_of_resnet12_has_the_tf_codes_scale_shift_size():
+    # the TF code's ResNet-12: scale-shift on its twelve 3x3 convs only (docs/algorithm.md §3.1)
+    net = to_scale_shift(create_backbone("resnet12"), scope="3x3")
+    ss = [m for m in net.modules() if isinstance(m, SSConv2d)]
+    assert len(ss) == 12 and all(m.weight.shape[-2:] == (3, 3) for m in ss)
+    assert (sum(m.scale.numel() for m in ss), sum(m.shift.numel() for m in ss)) == (868_544, 2_880)
+
+
 def test_scale_and_shift_change_the_features():
     net = to_scale_shift(create_backbone("tiny")).eval()
     x = torch.randn(2, 3, 32, 32)

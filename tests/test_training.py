@@ -55,6 +55,39 @@ def test_meta_training_changes_only_scale_shift_head(pretrained):
             assert torch.equal(m.weight, pretrained[f"{name}.weight"])
 
 
+def test_3x3_scope_leaves_every_1x1_conv_bit_identical_after_meta_training(pretrained):
+    cfg, env, data = _setup("model.ss_scope=3x3", "meta.epochs=1")
+    t = meta_trainer(cfg, env, data, pretrained)
+    ones = {n: m for n, m in t.model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert len(ones) == 4 and all(m.kernel_size == (1, 1) for m in ones.values())  # the shortcuts stay plain convs
+    scales = [p.detach().clone() for p in ss_parameters(t.model)]
+    t.run_epoch()
+    for name, m in ones.items():
+        assert torch.equal(m.weight, pretrained[f"{name}.weight"]), name
+    assert all(not torch.equal(a, b) for a, b in zip(scales, ss_parameters(t.model)))  # the 3x3 ones learnt
+
+
+def test_mlp_pretraining_head_trains_and_is_dropped_before_meta_transfer():
+    from mtl.models.backbones import create_backbone
+    from mtl.phases.meta import build_meta_model
+
+    cfg, env, data = _setup("pretrain.head=mlp", "pretrain.epochs=2", "pretrain.selection=last")
+    p = pretrainer(cfg, env, data)
+    first, hidden, last = p.classifier
+    assert (first.in_features, first.out_features, last.in_features, last.out_features) == \
+           (p.model.out_dim, 1000, 1000, data["train"].num_classes) and isinstance(hidden, torch.nn.ReLU)
+    before = [w.detach().clone() for w in p.classifier.parameters()]
+    while not p.done:
+        p.run_epoch()
+    assert all(not torch.equal(a, b) for a, b in zip(before, p.classifier.parameters()))
+    assert p.best_epoch == 2  # selection "last": the last epoch's backbone, whatever its probe score
+    state = p.backbone_payload()["state"]
+    assert set(state) == set(create_backbone("tiny").state_dict())  # the head is not part of it
+    build_meta_model(cfg.model, env, state)  # strict load
+    t = meta_trainer(cfg, env, data, state)
+    assert all(1000 not in q.shape for g in t.opt.param_groups for q in g["params"])
+
+
 def test_train_affine_mode_learns_bn_affine_too(pretrained):
     cfg, env, data = _setup("model.bn_mode=train_affine")
     t = meta_trainer(cfg, env, data, pretrained)

@@ -82,7 +82,9 @@ def set_bn_mode(model: nn.Module, mode: str, training: bool) -> None:
 
     - ``frozen``: running statistics and affine fixed, always (a truly frozen backbone).
     - ``train_affine``: affine learns; batch statistics (updating the running ones) in
-      training, running statistics at evaluation (official PyTorch code).
+      training, running statistics at evaluation (official PyTorch code; as there, each task's
+      support set and query set are normalised with their own statistics, see
+      :meth:`mtl.phases.evaluate.Embedder.batch_statistics`).
     - ``batch_stats``: batch statistics always, running ones never touched, affine fixed
       (TF code; transductive at evaluation).
     """

@@ -39,7 +39,13 @@ class Embedder:
     model: nn.Module
     normalize: Normalize
     env: Env
-    transductive: bool = False  # BN batch statistics per episode and role (bn_mode batch_stats)
+
+    def batch_statistics(self) -> bool:
+        """Whether a BN layer of the model normalises with the statistics of its batch (``train_affine``
+        in training, ``batch_stats`` always): then the images of each task's support set and of its
+        query set go through forwards of their own, as in both reference codes, so that no task's
+        statistics mix with another's or a query set's with its support set's."""
+        return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in self.model.modules())
 
     def images(self, source: ImageSource, rows: torch.Tensor) -> torch.Tensor:
         """Gather, move and normalise images; an index copy from the host goes through pinned
@@ -53,7 +59,7 @@ class Embedder:
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         chunk = cpu_chunk(x)
-        if not (self.env.cuda or self.transductive or torch.is_grad_enabled()) and x.shape[0] > chunk:
+        if not (self.env.cuda or torch.is_grad_enabled() or self.batch_statistics()) and x.shape[0] > chunk:
             return torch.cat([self.features(c) for c in x.split(chunk)])
         with self.env.autocast():
             return self.model(x).float()
@@ -65,7 +71,7 @@ class Embedder:
         rows = torch.cat([eps.support, eps.query], dim=1)  # [B, n_s + n_q]
         n_s = eps.support.shape[1]
         x = self.images(source, rows)
-        if self.transductive:  # statistics of each episode's support and query batch separately
+        if self.batch_statistics():  # statistics of each episode's support and query batch separately
             x = x.view(B, rows.shape[1], *x.shape[1:])
             f = torch.stack([torch.cat([self.features(xi[:n_s]), self.features(xi[n_s:])]) for xi in x])
             fs, fq = f[:, :n_s], f[:, n_s:]

@@ -2,9 +2,11 @@
 
 The pre-trained backbone is converted to scale-shift form and frozen; only scales, shifts,
 the head initialisation (and BN affine in ``train_affine`` mode) learn, with two Adam
-parameter groups. One outer update: embed a meta-batch of tasks in one forward, adapt each
-task's head on its support features, score the adapted heads on the query features,
-average, step. Hard meta-batches follow each window of normal ones (docs/algorithm.md §4.3).
+parameter groups. One outer update: embed a meta-batch of tasks (in one forward while BN uses
+running statistics; one forward per task's support set and per query set while it uses batch
+statistics, :class:`~mtl.phases.evaluate.Embedder`), adapt each task's head on its support
+features, score the adapted heads on the query features, average, step. Hard meta-batches
+follow each window of normal ones (docs/algorithm.md §4.3).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from mtl.config import Eval, HardTasks, Meta, Model, eval_query, hard_batches_per_window
 from mtl.data.transforms import Normalize
-from mtl.episodes import Episodes, episode_bank, sample_episodes
+from mtl.episodes import Episodes, bank_seed, episode_bank, sample_episodes
 from mtl.errors import MTLError
 from mtl.hard_tasks import HardTaskScheduler
 from mtl.models.backbones import create_backbone
@@ -61,8 +63,9 @@ class MetaTrainer:
         self.ht = HardTaskScheduler(m.way, ht.window, hard_batches_per_window(ht), ht.top_m, ht.min_pool,
                                     seed=env.seed + 3)
         self.normalize = Normalize(normalization, env.device, env.channels_last)
-        self.embed = Embedder(self.model, self.normalize, env, transductive=spec.bn_mode == "batch_stats")
-        self.val_bank = episode_bank(val.offsets, m.way, m.shot, eval_query(m, ev), ev.val_episodes, ev.seed)
+        self.embed = Embedder(self.model, self.normalize, env)
+        self.val_bank = episode_bank(val.offsets, m.way, m.shot, eval_query(m, ev), ev.val_episodes,
+                                     bank_seed(ev.seed, "val"))
         self.epoch = 0
         self.step = 0
         self.hard_updates = 0

@@ -1,8 +1,12 @@
 """Phase A: pre-train the backbone by classification over all meta-train classes.
 
-Model selection follows the official PyTorch code: after each epoch a linear probe (a
-zero-initialised N-way head, ``probe_steps`` gradient steps on frozen features) is scored on
-a fixed bank of validation episodes, and the best backbone is kept.
+The classifier on top (``pretrain.head``: linear, or the official PyTorch code's MLP) serves this
+phase only: the exported backbone holds the feature extractor alone. After each ``val_every``
+epochs a linear probe (an N-way head, ``probe_steps`` gradient steps on frozen features) is scored
+on a fixed bank of validation episodes, as in the official PyTorch code, with one difference:
+our probe head starts at zeros, that code's at one fixed Kaiming-normal random draw. The backbone
+kept (``pretrain.selection``) is the best-scoring one (that code) or the last (the TF code, which
+takes a fixed iteration).
 """
 
 from __future__ import annotations
@@ -24,6 +28,16 @@ from mtl.phases.evaluate import Embedder, evaluate
 from mtl.runtime import Env, RngStream, progress
 
 
+MLP_HIDDEN = 1000  # the official PyTorch code's pre_fc: Linear(640, 1000), ReLU, Linear(1000, classes)
+
+
+def pretraining_head(kind: str, dim: int, classes: int) -> nn.Module:
+    """The pretraining classifier over ``dim``-d features (``pretrain.head``)."""
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(dim, MLP_HIDDEN), nn.ReLU(), nn.Linear(MLP_HIDDEN, classes))
+    return nn.Linear(dim, classes)
+
+
 class Pretrainer:
     kind = "pretrain"
 
@@ -37,7 +51,7 @@ class Pretrainer:
         fmt = torch.channels_last if env.channels_last else torch.contiguous_format
         with self.rng:
             self.model = create_backbone(backbone, dropout=p.dropout).to(env.device, memory_format=fmt)
-            self.classifier = nn.Linear(self.model.out_dim, train.num_classes).to(env.device)
+            self.classifier = pretraining_head(p.head, self.model.out_dim, train.num_classes).to(env.device)
         params = [*self.model.parameters(), *self.classifier.parameters()]
         if p.optimizer == "sgd":
             self.opt: torch.optim.Optimizer = torch.optim.SGD(
@@ -69,7 +83,7 @@ class Pretrainer:
         bs = min(p.batch_size, n)
         # the order is drawn on the host (one seeded generator on any device), moved once per epoch
         perm = torch.randperm(n, generator=self.gen).to(data.labels.device)
-        steps = n // bs  # the last partial batch is dropped, as in the official loaders
+        steps = n // bs  # the last partial batch is dropped (the official PyTorch code's loader keeps it)
         loss_sum = torch.zeros((), device=env.device)
         correct = torch.zeros((), device=env.device)
         start = time.perf_counter()
@@ -111,7 +125,8 @@ class Pretrainer:
         if self.epoch % self.p.val_every == 0 or self.done:
             v = self.validate()
             metrics.update(val_acc=v["acc"], val_ci95=v["ci95"])
-            if v["acc"] > self.best_acc:
+            # best_*: the backbone kept so far (under selection "last": the latest validated one)
+            if v["acc"] > self.best_acc or self.p.selection == "last":
                 self.best_acc, self.best_epoch = v["acc"], self.epoch
                 self.best_state = {k: t.detach().cpu().clone() for k, t in self.model.state_dict().items()}
         metrics.update(epoch=self.epoch, best_val_acc=self.best_acc)

@@ -14,7 +14,7 @@ from typing import Any
 from mtl.config import check_against_data
 from mtl.data import split_stats
 from mtl.errors import ConfigError
-from mtl.config import affects_pretraining
+from mtl.config import affects_pretraining, recipe_note
 from mtl.tune.spec import SweepSpec
 from mtl.schema import dotted
 
@@ -144,9 +144,12 @@ def describe(spec: SweepSpec) -> str:
     lines = [
         f"sweep {spec.name} ({spec.source})",
         "base config (resolved):",
+        f"  # {recipe_note(spec.base)}",
         yaml.safe_dump(base, sort_keys=False).rstrip().replace("\n", "\n  ").join(["  ", ""]),
         "search space:",
         *(f"  {k}: {d.kind}{list(d.args)}" for k, d in spec.space.items()),
+        *(f"  # a trial with {k}={v}: {recipe_note(spec.base.with_overrides({k: v}))}"
+          for k, d in spec.space.items() if k == "pretrain.recipe" for v in d.bounds()),
         f"resources per trial: {r.cpu:g} CPU, {r.gpu:g} GPU"
         + (" (falls back to CPU when the cluster has no GPU)" if r.gpu else ""),
         f"search: {t.searcher} (seed {t.seed}), {t.num_samples} trials, max concurrent {t.max_concurrent or 'auto'}",

@@ -136,7 +136,7 @@ COARSE_OF = {n: c for c, names in FINE.items() for n in names.split()}
 CIFAR_TRAIN_PER_CLASS, CIFAR_TEST_PER_CLASS = 3, 1
 
 
-def write_cifar100(root: Path) -> Path:
+def write_cifar100(root: Path, train_per: int = CIFAR_TRAIN_PER_CLASS, test_per: int = CIFAR_TEST_PER_CLASS) -> Path:
     """``root/cifar-100-python/{train,test,meta}`` like the real files: protocol 2, bytes keys.
 
     Pixel (0, 0) of every image encodes its origin: R = fine index, G = 0 for train and 1
@@ -144,7 +144,7 @@ def write_cifar100(root: Path) -> Path:
     """
     d = root / "cifar-100-python"
     d.mkdir(parents=True)
-    for part, per, g in (("train", CIFAR_TRAIN_PER_CLASS, 0), ("test", CIFAR_TEST_PER_CLASS, 1)):
+    for part, per, g in (("train", train_per, 0), ("test", test_per, 1)):
         fine, coarse, rows = [], [], []
         for i in range(per):
             for f, name in enumerate(FINE_NAMES):  # interleaved, as the real files are shuffled
