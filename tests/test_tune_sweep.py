@@ -16,12 +16,10 @@ import json
 import logging
 import os
 import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from tune_support import SMOKE, TINY, descendants, restarts, results, trial_dirs
+from tune_support import SMOKE, TINY, restarts, results, trial_dirs
 
 ray = pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
@@ -46,6 +44,30 @@ class RunningCount(tune.Callback):
         self.most = max(self.most, sum(t.status == "RUNNING" for t in trials))
 
 
+class OnFirstResult(tune.Callback):
+    """Driver callback: ``action(result)`` once, at the first result that ``when(result)`` accepts.
+
+    It runs in the driver's event loop while that result is processed, and a function trainable is
+    never more than one unprocessed result ahead, so what the trial has done by then is fixed by
+    the result itself, not by how fast the machine is."""
+
+    def __init__(self, when, action) -> None:
+        self.when, self.action, self.fired = when, action, False
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if not self.fired and self.when(result):
+            self.fired = True
+            self.action(result)
+
+
+def _add_callback(monkeypatch, callback) -> None:
+    """Give the sweep's Tuner one more driver callback."""
+    from mtl.tune import sweep
+
+    build = sweep.build_tuner
+    monkeypatch.setattr(sweep, "build_tuner", lambda launch, res, callbacks: build(launch, res, [*callbacks, callback]))
+
+
 def _spec(tmp_path, store, overrides, text=None):
     from mtl.tune.spec import load_spec
 
@@ -63,24 +85,6 @@ def _runs(store, name):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     return client, parents, children
-
-
-def _watch(exp: Path, ready, action, timeout: float = 1500):
-    """Run ``action()`` from a thread once ``ready(exp)`` holds (polled every 50 ms)."""
-    fired = threading.Event()
-
-    def loop():
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if ready(exp):
-                action()
-                fired.set()
-                return
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    return fired
 
 
 def test_smoke_sweep_end_to_end(ray_local, store, tmp_path):
@@ -161,7 +165,6 @@ def test_quarter_gpus_run_four_trials_at_once_and_share_pretraining(ray_local, s
     """cpu=0.25 would let eight trials run on the two CPUs: the GPU fraction is what limits them
     to four. The space holds a pretraining field, so trials build the shared entries
     themselves, concurrently, under the cache's file lock."""
-    from mtl.tune import sweep
     from mtl.tune.sweep import run_sweep
 
     text = """name: quarter
@@ -175,8 +178,7 @@ resources: {cpu: 0.25, gpu: 0.25}
     # four trials share two cores here: as little work per trial as shows the point
     spec = _spec(tmp_path, store, ["pretrain.epochs=2", "meta.epochs=2", "meta.batches_per_epoch=2"], text)
     running = RunningCount()
-    build = sweep.build_tuner
-    monkeypatch.setattr(sweep, "build_tuner", lambda launch, res, callbacks: build(launch, res, [*callbacks, running]))
+    _add_callback(monkeypatch, running)
     summary = run_sweep(spec)
     assert summary["resources"] == {"cpu": 0.25, "gpu": 0.25}
     trials = summary["trials"]
@@ -212,14 +214,7 @@ def test_gpu_request_without_gpus_falls_back_to_cpu(monkeypatch, caplog, tmp_pat
     assert cluster.trial_resources(spec) == {"cpu": 1.0, "gpu": 0.25}
 
 
-def _cwd(pid: int) -> str:
-    try:
-        return os.readlink(f"/proc/{pid}/cwd")  # a trial works in .../<sweep>/working_dirs/<trial>
-    except OSError:
-        return ""
-
-
-def test_trial_killed_mid_epoch_is_retried_from_its_checkpoint(ray_local, store, tmp_path):
+def test_trial_killed_mid_epoch_is_retried_from_its_checkpoint(ray_local, store, tmp_path, monkeypatch):
     from mtl.tune.sweep import run_sweep
 
     epochs = 4
@@ -227,19 +222,13 @@ def test_trial_killed_mid_epoch_is_retried_from_its_checkpoint(ray_local, store,
                                    "tune.num_samples=1", "tune.scheduler=none", "tune.max_failures=1"])
     killed: list[int] = []
 
-    def second_checkpoint(exp):
-        return any(exp.glob("trial_*/checkpoint_000001/meta_state.pt"))
+    def kill_trial(result):  # the trial has checkpointed epoch 2 and is not past epoch 3's training
+        os.kill(result["pid"], signal.SIGKILL)
+        killed.append(result["pid"])
 
-    def kill_trial():  # the trial is in its third epoch's training once the second checkpoint is there
-        pids = [pid for pid, cmd in descendants(os.getpid()).items()
-                if cmd.startswith("ray::ImplicitFunc") and "/retry/working_dirs/" in _cwd(pid)]
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
-        killed.extend(pids)
-
-    fired = _watch(spec.experiment_dir, second_checkpoint, kill_trial)
+    _add_callback(monkeypatch, OnFirstResult(lambda r: r["epoch"] == 2, kill_trial))
     summary = run_sweep(spec)
-    assert fired.is_set() and len(killed) == 1, killed
+    assert len(killed) == 1, killed
 
     (trial,) = summary["trials"]
     assert trial["outcome"] == "completed" and trial["epoch"] == epochs
@@ -262,7 +251,7 @@ def test_trial_killed_mid_epoch_is_retried_from_its_checkpoint(ray_local, store,
     assert child.info.status == "FINISHED"
 
 
-def test_interrupted_sweep_is_reported_and_left_resumable(ray_local, store, tmp_path):
+def test_interrupted_sweep_is_reported_and_left_resumable(ray_local, store, tmp_path, monkeypatch):
     """SIGTERM (``ray job stop``, a batch scheduler) stops a sweep like Ctrl+C: Ray Tune saves its
     state and returns early, the driver reports the interruption instead of testing a winner of
     a partial sweep, and closes its MLflow runs as KILLED. (Resuming is the subprocess test's job;
@@ -274,11 +263,12 @@ def test_interrupted_sweep_is_reported_and_left_resumable(ray_local, store, tmp_
 
     spec = _spec(tmp_path, store, ["name=interrupt", "meta.epochs=4", "tune.num_samples=2", "tune.scheduler=none"])
     exp = spec.experiment_dir
-    fired = _watch(exp, lambda e: any(e.glob("trial_*/checkpoint_000000")),
-                   lambda: os.kill(os.getpid(), signal.SIGTERM))
+    # at the sweep's first result (a checkpointed epoch 1), no trial can have finished
+    signal_sent = OnFirstResult(lambda r: True, lambda r: os.kill(os.getpid(), signal.SIGTERM))
+    _add_callback(monkeypatch, signal_sent)
     with pytest.raises(SweepInterrupted, match=r"interrupted with 0 of 2 trials finished; its state is saved in"):
         run_sweep(spec)
-    assert fired.is_set()
+    assert signal_sent.fired
     assert not (exp / "summary.json").exists() and not (exp / "best").exists()
     assert tune.Tuner.can_restore(str(exp))
     _, parents, children = _runs(store, "interrupt")
