@@ -32,7 +32,7 @@ from mtl.errors import MTLError
 from mtl.files import write_json_atomic
 from mtl.runtime import make_env
 from mtl.schema import dotted
-from mtl.data.evalset import describe, eval_data, index_eval
+from mtl.data.evalset import describe, eval_data, index_eval, is_cross_domain
 from mtl.trial import load_data, load_test, pretrain_store, run_trial, test_checkpoint
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,9 @@ def run_experiment(cfg: Config, out: str | Path, *, resume: bool = False,
     """pretrain -> meta-transfer -> test in ``out``; returns (and writes) the result."""
     env = make_env(cfg.runtime)
     run = RunDir(out)
-    index_eval(cfg)  # the test set's layout and shapes (eval.data) are checked before hours of training,
-    data = load_data(cfg, env)  # and the data's, before anything is written
+    if is_cross_domain(cfg):  # another test set (eval.data): its layout and shapes before hours of training
+        index_eval(cfg)
+    data = load_data(cfg, env)  # checks shapes against the data before anything is written
     run.prepare(cfg, resume)
     state = load_checkpoint(run.meta_state, "meta") if resume and run.meta_state.exists() else None
     started = dict.fromkeys(("pretrain", "meta"), time.monotonic())
