@@ -28,7 +28,7 @@ SPLITS = ("train", "val", "test")
 FOLDER_LAYOUT = "ROOT/{train,val,test}/<class>/<image files>"
 _M = METAOPTNET_FILES
 MINI_LAYOUT = ("ROOT/images/*.jpg with ROOT/train.csv, val.csv, test.csv; "
-               "or ROOT/mini-imagenet-cache-{train,val,test}.pkl; "
+               "or ROOT/mini-imagenet-cache-{train,val,test}.pkl (val also as -validation.pkl); "
                f"or ROOT/{_M['mini']['train']}, {_M['mini']['val']}, {_M['mini']['test']} (MetaOptNet); "
                "or ROOT/{train,val,test}/<class>/*.jpg")
 CIFAR_LAYOUT = ("ROOT/cifar-100-python/{{train,test,meta}} (CIFAR-100, python version), "
@@ -83,7 +83,7 @@ def _mini(data: Data, split: str) -> formats.Source:
     root, size = _root(data), data.image_size
     if any((root / f"{s}.csv").is_file() for s in SPLITS):
         return formats.mini_csv_source(root, split, size)
-    if any((root / f"mini-imagenet-cache-{s}.pkl").is_file() for s in SPLITS):
+    if any(formats.mini_cache_file(root, s).is_file() for s in SPLITS):
         return formats.mini_pickle_source(root, split, size)
     if (src := _metaoptnet(data, root, split)) is not None:
         return src

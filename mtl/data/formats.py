@@ -158,9 +158,16 @@ def files_fingerprint(kind: str, split: str, size: int, files: list[Path]) -> st
     return h.hexdigest()
 
 
+def mini_cache_file(root: Path, split: str) -> Path:
+    """``root/mini-imagenet-cache-<split>.pkl``; learn2learn downloads val as ``...-validation.pkl``."""
+    path = root / f"mini-imagenet-cache-{split}.pkl"
+    alias = root / "mini-imagenet-cache-validation.pkl"
+    return alias if split == "val" and not path.is_file() and alias.is_file() else path
+
+
 def mini_pickle_source(root: Path, split: str, size: int) -> Source:
     """``root/mini-imagenet-cache-<split>.pkl``: dict(image_data=N x H x H x 3, class_dict=wnid -> rows)."""
-    path = root / f"mini-imagenet-cache-{split}.pkl"
+    path = mini_cache_file(root, split)
     if not path.is_file():
         raise DataError(f"miniImageNet pickle {path} not found: the pickle form needs "
                         f"ROOT/mini-imagenet-cache-{{train,val,test}}.pkl")
