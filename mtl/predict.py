@@ -22,6 +22,7 @@ import torch
 
 from mtl.config import Config
 from mtl.data.decode import is_image_name, read_image
+from mtl.data.formats import subfolders
 from mtl.data.transforms import hflip
 from mtl.errors import DataError
 from mtl.models.head import adapt_head, logits
@@ -49,7 +50,7 @@ def support_set(root: str | Path, way: int) -> tuple[list[str], list[list[Path]]
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"support folder {root} does not exist; --support takes a folder {LAYOUT}")
-    classes = sorted(e.name for e in os.scandir(root) if not e.name.startswith(".") and e.is_dir())
+    classes = subfolders(root)
     if len(classes) < 2:
         found = f"only the class {classes[0]!r}" if classes else "no class folders"
         raise DataError(f"support folder {root} holds {found}; a few-shot task needs at least 2 classes: {LAYOUT}")

@@ -57,29 +57,34 @@ def stat_line(name: str, st: os.stat_result) -> bytes:
 # Folders
 
 
+def subfolders(path: Path) -> list[str]:
+    """Names of the folders in ``path``, sorted; hidden ones are skipped."""
+    return sorted(e.name for e in os.scandir(path) if not e.name.startswith(".") and e.is_dir())
+
+
+def class_images(class_dir: Path, name: str, h: "hashlib._Hash", what: str = "class folder") -> list[str]:
+    """The image files of one class folder, by file name, each entered in ``h`` as ``name/<file>``
+    with its size and time; a folder without images is a DataError."""
+    files = sorted((e for e in os.scandir(class_dir) if is_image_name(e.name) and e.is_file()), key=lambda e: e.name)
+    if not files:
+        raise DataError(f"{what} {class_dir} holds no images (.jpg, .png, ...); add images or remove the folder")
+    for e in files:
+        h.update(stat_line(f"{name}/{e.name}", e.stat()))
+    return [e.path for e in files]
+
+
 def folder_source(root: Path, split: str, size: int, what: str) -> Source:
     """``root/split/<class>/<image files>``; hidden and non-image files are ignored."""
     split_dir = root / split
     if not split_dir.is_dir():
         raise DataError(f"{what} split {split!r} not found: expected {split_dir}/<class>/<image files>")
-    classes = sorted(e.name for e in os.scandir(split_dir) if not e.name.startswith(".") and e.is_dir())
+    classes = subfolders(split_dir)
     if not classes:
         raise DataError(f"{split_dir} holds no class folders: expected {split_dir}/<class>/<image files>")
     h = hasher("folder", split, size)
-    paths: list[str] = []
-    counts: list[int] = []
-    for name in classes:
-        class_dir = split_dir / name
-        files = sorted((e for e in os.scandir(class_dir) if is_image_name(e.name) and e.is_file()),
-                       key=lambda e: e.name)
-        if not files:
-            raise DataError(f"class folder {class_dir} holds no images (.jpg, .png, ...); "
-                            f"add images or remove the folder")
-        for e in files:
-            h.update(stat_line(f"{name}/{e.name}", e.stat()))
-            paths.append(e.path)
-        counts.append(len(files))
-    decoder = FileDecoder(paths, size)
+    files = [class_images(split_dir / name, name, h) for name in classes]
+    counts = [len(f) for f in files]
+    decoder = FileDecoder([p for f in files for p in f], size)
     return Source(str(split_dir), h.hexdigest(), lambda: (classes, counts, decoder), cheap=True)
 
 

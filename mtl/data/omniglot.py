@@ -22,11 +22,10 @@ split, from that split's characters, so no character, turned or not, is in two s
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from mtl.data.decode import FileDecoder, is_image_name
-from mtl.data.formats import Source, hasher, stat_line
+from mtl.data.decode import FileDecoder
+from mtl.data.formats import Source, class_images, hasher, subfolders
 from mtl.errors import DataError
 
 PARTS = ("images_background", "images_evaluation")
@@ -42,14 +41,10 @@ def omniglot_dir(root: Path) -> Path | None:
     return None
 
 
-def _subdirs(path: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(path) if not e.name.startswith(".") and e.is_dir())
-
-
 def split_alphabets(base: Path, split: str, val_alphabets: int) -> tuple[Path, list[str]]:
     """The folder (background or evaluation) and the alphabets of ``split``."""
     part = base / (PARTS[1] if split == "test" else PARTS[0])
-    alphabets = _subdirs(part)
+    alphabets = subfolders(part)
     if not alphabets:
         raise DataError(f"{part} holds no alphabet folders: expected {LAYOUT}")
     if split == "test":
@@ -66,16 +61,8 @@ def omniglot_source(base: Path, split: str, size: int, val_alphabets: int, rotat
     h.update(json.dumps(alphabets).encode())
     characters: list[tuple[str, list[str]]] = []
     for a in alphabets:
-        for c in _subdirs(part / a):
-            char_dir = part / a / c
-            files = sorted((e for e in os.scandir(char_dir) if is_image_name(e.name) and e.is_file()),
-                           key=lambda e: e.name)
-            if not files:
-                raise DataError(f"character folder {char_dir} holds no images (.png); "
-                                "restore them or remove the folder")
-            for e in files:
-                h.update(stat_line(f"{a}/{c}/{e.name}", e.stat()))
-            characters.append((f"{a}/{c}", [e.path for e in files]))
+        for c in subfolders(part / a):
+            characters.append((f"{a}/{c}", class_images(part / a / c, f"{a}/{c}", h, "character folder")))
     if not characters:
         raise DataError(f"the alphabets of the Omniglot {split} split under {part} hold no character folders: "
                         f"expected {LAYOUT}")
