@@ -60,7 +60,7 @@ CASES = {
     "eval-data-root-unset": (None, ["--set", "eval.data.dataset=folder"],
                              ["eval.data.root is not set for the test dataset 'folder'", "--set eval.data.root="]),
     "eval-data-missing": (None, ["--set", "eval.data.dataset=omniglot", "--set", "eval.data.root=/nonexistent/omni"],
-                          ["Omniglot not found under /nonexistent/omni", "expected ROOT/omniglot-py/images_background"]),
+                          ["Omniglot not found under /nonexistent/omni", "expected ROOT/omniglot-py/images_back"]),
     "spec-missing": ("MISSING", [], ["not found", "give the path of a YAML file"]),
     "unknown-backbone-set": (None, ["--set", "model.backbone=resnet13"],
                              ["model.backbone", "unknown backbone 'resnet13'", "did you mean resnet12"]),
