@@ -1,4 +1,5 @@
-"""``python -m mtl train CONFIG`` and ``python -m mtl evaluate CHECKPOINT``.
+"""``python -m mtl train CONFIG``, ``python -m mtl evaluate CHECKPOINT`` and
+``python -m mtl predict CHECKPOINT --support DIR --query PATH...``.
 
 Errors in the user's input print one line (``error: ...``) and exit with status 2.
 """
@@ -31,12 +32,21 @@ def _parser() -> argparse.ArgumentParser:
                     help="print the resolved config and check it against the dataset listing; run and write nothing")
     ev = sub.add_parser("evaluate", help="re-evaluate a meta checkpoint (meta_state.pt)")
     ev.add_argument("checkpoint", help="a run's meta_state.pt, or a sweep's best/meta_state.pt")
-    ev.add_argument("--split", choices=["test", "val"], default="test",
-                    help="the split to evaluate on (default: test)")
+    ev.add_argument("--split", choices=["test", "val", "train"], default=None,
+                    help="the split of the test set to evaluate on (default: eval.data.split, test)")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override eval.* (episodes, query, inner_steps, protocol, seed) or data.root")
+                    help="override eval.* (episodes, query, inner_steps, protocol, seed; eval.data.dataset, "
+                         "eval.data.root for another test set) or data.root")
     ev.add_argument("--out", help="write the result JSON (accuracy, CI, per-episode accuracies) here")
-    for p in (tr, ev):
+    pr = sub.add_parser("predict", help="classify your own images: adapt to a support folder, label the queries")
+    pr.add_argument("checkpoint", help="a run's meta_state.pt, or a sweep's best/meta_state.pt")
+    pr.add_argument("--support", required=True, metavar="DIR", help="support images: DIR/<class>/<image files>")
+    pr.add_argument("--query", required=True, nargs="+", metavar="PATH",
+                    help="query image files, or folders whose images are all queries")
+    pr.add_argument("--out", metavar="CSV", help="also write the predictions (and every class's probability) here")
+    pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override eval.inner_steps, eval.protocol or runtime.device, e.g. --set runtime.device=cpu")
+    for p in (tr, ev, pr):
         p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the result")
     return ap
 
@@ -46,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        return _train(args) if args.command == "train" else _evaluate(args)
+        return {"train": _train, "evaluate": _evaluate, "predict": _predict}[args.command](args)
     except MTLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -68,6 +78,7 @@ def _train(args: argparse.Namespace) -> int:
     print(f"val accuracy  {100 * res['val_acc']:.2f}% (best epoch {res['best_epoch']})")
     print(f"test accuracy {100 * res['test_acc']:.2f}% ± {100 * res['test_ci95']:.2f} "
           f"(95% CI over {res['test_episodes']} episodes; {res['protocol']})")
+    print(f"  on {res['test_data']}, trained on {res['train_data']}")
     print(f"results in {out}/result.json")
     return 0
 
@@ -86,18 +97,40 @@ def dry_run(cfg) -> str:
 def _evaluate(args: argparse.Namespace) -> int:
     from mtl.checkpoint import load_checkpoint
     from mtl.config import config_from_dict
+    from mtl.data.evalset import describe, eval_data
     from mtl.files import write_json_atomic
     from mtl.runtime import make_env
-    from mtl.trial import load_data, test_checkpoint
+    from mtl.trial import load_test, test_checkpoint
+
+    ck = load_checkpoint(args.checkpoint, "meta")
+    split_set = [f"eval.data.split={args.split}"] if args.split else []
+    cfg = config_from_dict(ck["config"]).with_overrides([*split_set, *args.overrides])
+    env = make_env(cfg.runtime)
+    res = test_checkpoint(ck, cfg, env, load_test(cfg, env))
+    split = cfg.eval.data.split
+    test_data, train_data = describe(eval_data(cfg), split), describe(cfg.data)
+    print(f"{split} accuracy {100 * res['acc']:.2f}% ± {100 * res['ci95']:.2f} "
+          f"(95% CI over {len(res['accs'])} episodes) on {test_data}, trained on {train_data}")
+    if args.out:
+        write_json_atomic(args.out, {f"{split}_acc": res["acc"], f"{split}_ci95": res["ci95"],
+                                     "accs": res["accs"], "test_data": test_data, "train_data": train_data,
+                                     "config": cfg.to_dict()})
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from mtl.checkpoint import load_checkpoint
+    from mtl.config import config_from_dict
+    from mtl.files import write_text_atomic
+    from mtl.predict import predict, to_csv
+    from mtl.runtime import make_env
 
     ck = load_checkpoint(args.checkpoint, "meta")
     cfg = config_from_dict(ck["config"]).with_overrides(args.overrides)
-    env = make_env(cfg.runtime)
-    split = load_data(cfg, env, (args.split,))[args.split]
-    res = test_checkpoint(ck, cfg, env, split)
-    print(f"{args.split} accuracy {100 * res['acc']:.2f}% ± {100 * res['ci95']:.2f} "
-          f"(95% CI over {len(res['accs'])} episodes)")
+    preds = predict(ck, cfg, make_env(cfg.runtime), args.support, args.query)
+    width = max(len(p.query) for p in preds)
+    for p in preds:
+        print(f"{p.query.ljust(width)}  {p.label}  {p.probability:.3f}")
     if args.out:
-        write_json_atomic(args.out, {f"{args.split}_acc": res["acc"], f"{args.split}_ci95": res["ci95"],
-                                     "accs": res["accs"], "config": cfg.to_dict()})
+        write_text_atomic(args.out, to_csv(preds))
     return 0

@@ -43,6 +43,15 @@ class Synthetic(Section):
     seed: int = 0  # seed of the generator: same seed, same images
 
 
+class Omniglot(Section):
+    """Omniglot's splits (``data.dataset: omniglot``): Lake et al.'s background alphabets give
+    train and val, the evaluation alphabets give test."""
+
+    pretraining: ClassVar[bool] = True
+    val_alphabets: Count = 5  # the last N background alphabets (sorted by name) form the val split
+    rotations: bool = False  # True: each character also at 90, 180, 270 degrees, as new classes (Vinyals et al.)
+
+
 class Data(Section):
     dataset: choice(DATASETS) = pretraining_field("synthetic")
     root: Optional[str] = pretraining_field(None)  # dataset folder; enters the pretraining key as the dataset's fingerprint
@@ -50,6 +59,7 @@ class Data(Section):
     normalization: choice(NORMALIZATIONS) = pretraining_field("pt")
     cache_dir: Optional[str] = None  # uint8 array cache; default $MTL_CACHE_DIR or ~/.cache/mtl
     synthetic: Synthetic = Field(default_factory=Synthetic)
+    omniglot: Omniglot = Field(default_factory=Omniglot)
 
 
 class Model(Section):
@@ -146,6 +156,15 @@ class HardTasks(Section):
     min_pool: at_least(0) = 0  # pool size needed to run hard batches (at least meta.way)
 
 
+class EvalData(Section):
+    """The test set (cross-domain evaluation): by default the training data's test split. Another
+    dataset is read at the trained model's ``data.image_size`` and ``data.normalization``."""
+
+    dataset: Optional[choice(DATASETS)] = None  # None: data.dataset
+    root: Optional[str] = None  # None: data.root when the dataset is data.dataset's
+    split: Literal["train", "val", "test"] = "test"
+
+
 class Eval(Section):
     episodes: Count = 600  # test episodes
     query: Count = 15  # query images per class at evaluation (protocol: standard)
@@ -156,6 +175,7 @@ class Eval(Section):
     # seed of three separate episode banks: the pretraining probe's, meta-validation's, the test episodes
     seed: int = pretraining_field(0)
     batch_episodes: Count = 32  # episodes evaluated together
+    data: EvalData = Field(default_factory=EvalData)  # the test set; default: the training data's test split
 
 
 class Runtime(Section):

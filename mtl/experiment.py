@@ -6,7 +6,8 @@ Folder layout (``--out DIR``)::
     metrics.jsonl      one line per epoch of either phase
     backbone.pt        the pre-trained backbone meta-transfer started from (a copy of its store entry)
     meta_state.pt      resumable meta-transfer state (last epoch, the best state, the backbone weights)
-    result.json        test accuracy with its 95% CI, best validation accuracy, per-episode accuracies
+    result.json        test accuracy with its 95% CI, best validation accuracy, per-episode accuracies,
+                       the training and the test data (eval.data: another dataset for cross-domain tests)
 
 The trial itself is :func:`mtl.trial.run_trial`, the same core the Ray Tune trainable calls;
 pretraining goes through the shared store beside the image cache (:func:`mtl.trial.pretrain_store`),
@@ -31,7 +32,8 @@ from mtl.errors import MTLError
 from mtl.files import write_json_atomic
 from mtl.runtime import make_env
 from mtl.schema import dotted
-from mtl.trial import load_data, pretrain_store, run_trial, test_checkpoint
+from mtl.data.evalset import describe, eval_data, index_eval, is_cross_domain
+from mtl.trial import load_data, load_test, pretrain_store, run_trial, test_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,8 @@ def run_experiment(cfg: Config, out: str | Path, *, resume: bool = False,
     """pretrain -> meta-transfer -> test in ``out``; returns (and writes) the result."""
     env = make_env(cfg.runtime)
     run = RunDir(out)
+    if is_cross_domain(cfg):  # another test set (eval.data): its layout and shapes before hours of training
+        index_eval(cfg)
     data = load_data(cfg, env)  # checks shapes against the data before anything is written
     run.prepare(cfg, resume)
     state = load_checkpoint(run.meta_state, "meta") if resume and run.meta_state.exists() else None
@@ -111,8 +115,7 @@ def run_experiment(cfg: Config, out: str | Path, *, resume: bool = False,
                      embed_backbone=True)
     del data
     final = load_checkpoint(run.meta_state, "meta")
-    test_split = load_data(cfg, env, ("test",))["test"]
-    t = test_checkpoint(final, cfg, env, test_split)
+    t = test_checkpoint(final, cfg, env, load_test(cfg, env))
     result = {
         "test_acc": t["acc"],
         "test_ci95": t["ci95"],
@@ -121,6 +124,8 @@ def run_experiment(cfg: Config, out: str | Path, *, resume: bool = False,
         "pretrain_val_acc": final["backbone_ref"].get("val_acc"),
         "backbone": final["backbone_ref"],
         "test_episodes": len(t["accs"]),
+        "train_data": describe(cfg.data),
+        "test_data": describe(eval_data(cfg), cfg.eval.data.split),
         "protocol": f"{cfg.meta.way}-way {cfg.meta.shot}-shot, {eval_query(cfg.meta, cfg.eval)} queries/class, "
                     f"{cfg.eval.inner_steps} inner steps ({cfg.eval.protocol})",
         "test_accs": t["accs"],

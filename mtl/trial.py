@@ -23,6 +23,7 @@ from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.config import Config, check_against_data, eval_query
 from mtl.data import dataset_fingerprint, index_splits, load_split, split_stats
 from mtl.data.cache import cache_dir
+from mtl.data.evalset import eval_data, index_eval
 from mtl.data.transforms import Normalize
 from mtl.episodes import bank_seed, episode_bank
 from mtl.errors import CheckpointError
@@ -53,6 +54,14 @@ def load_data(cfg: Config, env: Env, splits: tuple[str, ...] = ("train", "val"))
         split = load_split(cfg.data, s, progress=env.progress, index=indexes[s])
         out[s] = split.to(env.device) if cfg.runtime.data_on_device else split
     return out
+
+
+def load_test(cfg: Config, env: Env):
+    """The test set (``eval.data``: by default the training data's test split), checked against the
+    test episodes and decoded through the cache at the trained model's image size."""
+    index = index_eval(cfg)
+    split = load_split(eval_data(cfg), cfg.eval.data.split, progress=env.progress, index=index)
+    return split.to(env.device) if cfg.runtime.data_on_device else split
 
 
 def pretrainer(cfg: Config, env: Env, data: dict[str, Any]) -> Pretrainer:
@@ -165,9 +174,9 @@ def run_trial(cfg: Config, *, store: str | Path, report: Report, resume: dict[st
     return trainer
 
 
-def test_checkpoint(ck: dict[str, Any], cfg: Config, env: Env, split) -> dict[str, Any]:
-    """Few-shot accuracy (mean, 95% CI, per episode) of a meta checkpoint's best state on ``split``:
-    ``cfg.eval.episodes`` episodes of the test bank of ``cfg.eval.seed`` (:func:`~mtl.episodes.bank_seed`)."""
+def meta_model(ck: dict[str, Any], cfg: Config, env: Env) -> tuple[Embedder, HeadInit]:
+    """A meta checkpoint's best state, ready to evaluate: the embedder (scale-shifted backbone in
+    evaluation mode, the trained normalisation) and the meta-learned head initialisation."""
     if ck.get("backbone") is None:
         raise CheckpointError("the checkpoint holds no backbone weights; complete it from its pretraining entry")
     model = build_meta_model(cfg.model, env, ck["backbone"])
@@ -177,6 +186,13 @@ def test_checkpoint(ck: dict[str, Any], cfg: Config, env: Env, split) -> dict[st
     head.load_state_dict(state["head"])
     set_bn_mode(model, cfg.model.bn_mode, training=False)
     embed = Embedder(model, Normalize(cfg.data.normalization, env.device, env.channels_last), env)
+    return embed, head
+
+
+def test_checkpoint(ck: dict[str, Any], cfg: Config, env: Env, split) -> dict[str, Any]:
+    """Few-shot accuracy (mean, 95% CI, per episode) of a meta checkpoint's best state on ``split``:
+    ``cfg.eval.episodes`` episodes of the test bank of ``cfg.eval.seed`` (:func:`~mtl.episodes.bank_seed`)."""
+    embed, head = meta_model(ck, cfg, env)
     e, m = cfg.eval, cfg.meta
     episodes = episode_bank(split.offsets, m.way, m.shot, eval_query(m, e), e.episodes,
                             bank_seed(e.seed, "test"))

@@ -80,7 +80,7 @@ def test_resume_on_another_backbone_is_refused(trial, tmp_path):
 
 
 REGISTRY_ALTERNATIVES = {"data.dataset": "folder", "data.normalization": "imagenet", "model.backbone": "resnet12",
-                         "meta.head_init": "zeros", "pretrain.recipe": "tf"}
+                         "meta.head_init": "zeros", "pretrain.recipe": "tf", "eval.data.dataset": "folder"}
 
 
 def _other_value(key, value):

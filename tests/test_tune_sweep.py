@@ -123,6 +123,7 @@ def test_smoke_sweep_end_to_end(ray_local, store, tmp_path):
     assert best["val_acc"] == max(t["best_val_acc"] for t in trials)
     assert best["test_episodes"] == 40 and 0 < best["test_ci95"] < 0.1
     assert best["test_acc"] - best["test_ci95"] > 0.2, best
+    assert (best["train_data"], best["test_data"]) == ("synthetic", "synthetic (test split)")  # eval.data default
     on_disk = json.loads((exp / "summary.json").read_text())
     assert on_disk["best"]["test_acc"] == best["test_acc"] and len(on_disk["trials"]) == 6
     assert on_disk == json.loads(json.dumps(summary, default=str))  # written once, with the MLflow ids in it

@@ -4,7 +4,8 @@
 ``load_split`` returns its images as one uint8 tensor grouped by class, decoded once into
 the on-disk cache; ``split_stats`` feeds ``config.check_against_data``; and
 ``dataset_fingerprint`` keys the shared pretraining cache. ``data.dataset`` picks the
-reader: ``synthetic``, ``folder``, ``mini``, ``fc100`` or ``tiered``.
+reader: ``synthetic``, ``folder``, ``mini``, ``tiered``, ``fc100``, ``cifar_fs`` or ``omniglot``; the test
+set can come from another dataset (:mod:`mtl.data.evalset`).
 """
 
 from mtl.data.datasets import dataset_fingerprint, index_split, index_splits, load_split, split_stats

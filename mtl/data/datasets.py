@@ -13,6 +13,10 @@ import numpy as np
 
 from mtl.config import Data
 from mtl.data import cache, formats
+from mtl.data.cifar import cifar100_dir, cifar100_source
+from mtl.data.omniglot import LAYOUT as OMNIGLOT_LAYOUT
+from mtl.data.omniglot import omniglot_dir, omniglot_source
+from mtl.data.pickles import METAOPTNET_FILES, TIERED_FILES, metaoptnet_source, tiered_pickle_source
 from mtl.data.decode import LazyDecoder
 from mtl.data.splits import Split, SplitIndex, split_from_arrays
 from mtl.data.synthetic import synthetic_index
@@ -22,17 +26,24 @@ from mtl.registry import DATASETS
 SPLITS = ("train", "val", "test")
 
 FOLDER_LAYOUT = "ROOT/{train,val,test}/<class>/<image files>"
+_M = METAOPTNET_FILES
 MINI_LAYOUT = ("ROOT/images/*.jpg with ROOT/train.csv, val.csv, test.csv; "
-               "or ROOT/mini-imagenet-cache-{train,val,test}.pkl; or ROOT/{train,val,test}/<class>/*.jpg")
-FC100_LAYOUT = ("ROOT/cifar-100-python/{train,test,meta} (CIFAR-100, python version), "
-                "or ROOT being that cifar-100-python folder")
+               "or ROOT/mini-imagenet-cache-{train,val,test}.pkl (val also as -validation.pkl); "
+               f"or ROOT/{_M['mini']['train']}, {_M['mini']['val']}, {_M['mini']['test']} (MetaOptNet); "
+               "or ROOT/{train,val,test}/<class>/*.jpg")
+CIFAR_LAYOUT = ("ROOT/cifar-100-python/{{train,test,meta}} (CIFAR-100, python version), "
+                "or ROOT being that cifar-100-python folder, or ROOT/{prefix}_{{train,val,test}}.pickle (MetaOptNet)")
+TIERED_LAYOUT = ("ROOT/{train,val,test}_images_png.pkl with ROOT/{train,val,test}_labels.pkl, "
+                 "or ROOT/{train,val,test}/<class>/<image files>")
 
 # name in messages, expected layout
 _DESCRIPTIONS = {
     "folder": ("image-folder dataset", FOLDER_LAYOUT),
-    "tiered": ("tieredImageNet", FOLDER_LAYOUT),
+    "tiered": ("tieredImageNet", TIERED_LAYOUT),
     "mini": ("miniImageNet", MINI_LAYOUT),
-    "fc100": ("FC100 (CIFAR-100)", FC100_LAYOUT),
+    "fc100": ("FC100 (CIFAR-100)", CIFAR_LAYOUT.format(prefix="FC100")),
+    "cifar_fs": ("CIFAR-FS (CIFAR-100)", CIFAR_LAYOUT.format(prefix="CIFAR_FS")),
+    "omniglot": ("Omniglot", OMNIGLOT_LAYOUT),
 }
 
 
@@ -46,32 +57,74 @@ def _root(data: Data) -> Path:
     return root
 
 
+def _not_found(data: Data, root: Path) -> DataError:
+    what, layout = _DESCRIPTIONS[data.dataset]
+    return DataError(f"{what} not found under {root}: expected {layout}")
+
+
+def _metaoptnet(data: Data, root: Path, split: str) -> formats.Source | None:
+    """The MetaOptNet pickle of ``split`` if any split of that form is present (None if none is)."""
+    files = METAOPTNET_FILES[data.dataset]
+    if not any((root / f).is_file() for f in files.values()):
+        return None
+    path = root / files[split]
+    if not path.is_file():
+        raise DataError(f"{_DESCRIPTIONS[data.dataset][0]} pickle {path} not found: the MetaOptNet form needs "
+                        f"ROOT/{', '.join(files.values())}")
+    return metaoptnet_source(path, data.dataset, split, data.image_size)
+
+
 def _folder(data: Data, split: str) -> formats.Source:
     return formats.folder_source(_root(data), split, data.image_size, _DESCRIPTIONS[data.dataset][0])
 
 
 def _mini(data: Data, split: str) -> formats.Source:
-    """The first form present wins: CSV + images, then pickles, then class folders."""
+    """The first form present wins: CSV + images, then pickles (cache, MetaOptNet), then class folders."""
     root, size = _root(data), data.image_size
     if any((root / f"{s}.csv").is_file() for s in SPLITS):
         return formats.mini_csv_source(root, split, size)
-    if any((root / f"mini-imagenet-cache-{s}.pkl").is_file() for s in SPLITS):
+    if any(formats.mini_cache_file(root, s).is_file() for s in SPLITS):
         return formats.mini_pickle_source(root, split, size)
+    if (src := _metaoptnet(data, root, split)) is not None:
+        return src
     if any((root / s).is_dir() for s in SPLITS):
         return formats.folder_source(root, split, size, "miniImageNet")
-    raise DataError(f"miniImageNet not found under {root}: expected {MINI_LAYOUT}")
+    raise _not_found(data, root)
 
 
-def _fc100(data: Data, split: str) -> formats.Source:
+def _tiered(data: Data, split: str) -> formats.Source:
+    """Ren et al.'s PNG pickles when any is present, else class folders."""
     root = _root(data)
-    cifar = formats.cifar100_dir(root)
-    if cifar is None:
-        raise DataError(f"FC100 (CIFAR-100) not found under {root}: expected {FC100_LAYOUT}")
-    return formats.fc100_source(cifar, split, data.image_size)
+    if any((root / f.format(split=s)).is_file() for f in TIERED_FILES for s in SPLITS):
+        return tiered_pickle_source(root, split, data.image_size)
+    if any((root / s).is_dir() for s in SPLITS):
+        return formats.folder_source(root, split, data.image_size, "tieredImageNet")
+    raise _not_found(data, root)
+
+
+def _cifar100(data: Data, split: str) -> formats.Source:
+    """FC100 or CIFAR-FS: the CIFAR-100 python files, else the MetaOptNet pickles."""
+    root = _root(data)
+    cifar = cifar100_dir(root)
+    if cifar is not None:
+        return cifar100_source(cifar, split, data.image_size, data.dataset)
+    if (src := _metaoptnet(data, root, split)) is not None:
+        return src
+    raise _not_found(data, root)
+
+
+def _omniglot(data: Data, split: str) -> formats.Source:
+    root = _root(data)
+    base = omniglot_dir(root)
+    if base is None:
+        raise _not_found(data, root)
+    o = data.omniglot
+    return omniglot_source(base, split, data.image_size, o.val_alphabets, o.rotations)
 
 
 # data.dataset names -> readers (Data, split) -> Source; the synthetic set is generated, not read
-for _name, _reader in {"folder": _folder, "tiered": _folder, "mini": _mini, "fc100": _fc100}.items():
+for _name, _reader in {"folder": _folder, "tiered": _tiered, "mini": _mini, "fc100": _cifar100,
+                       "cifar_fs": _cifar100, "omniglot": _omniglot}.items():
     DATASETS.register(_name)(_reader)
 DATASETS.register("synthetic")(synthetic_index)
 

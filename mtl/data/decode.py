@@ -20,10 +20,11 @@ first frame; EXIF orientation is ignored, as in the usual loaders.
 
 from __future__ import annotations
 
+import io
 import threading
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import IO, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -64,8 +65,9 @@ def resize_rgb(im: Image.Image, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
 
 
-def read_image(path: str | Path, size: int) -> np.ndarray:
-    """Decode one file to uint8 ``[3, size, size]``; anything unreadable is a DataError naming it."""
+def read_image(path: str | Path | IO[bytes], size: int, name: str | None = None) -> np.ndarray:
+    """Decode one file (or an open binary stream, called ``name`` in messages) to uint8
+    ``[3, size, size]``; anything unreadable is a DataError naming it."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF/ICC chatter; a real failure raises below
@@ -74,7 +76,7 @@ def read_image(path: str | Path, size: int) -> np.ndarray:
                 return resize_rgb(to_rgb(im), size)
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, EOFError, struct.error...
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"cannot decode image {path}: {reason}; remove or replace the file") from None
+        raise DataError(f"cannot decode image {name or path}: {reason}; remove or replace the file") from None
 
 
 def resize_array(images: np.ndarray, size: int, layout: str) -> np.ndarray:
@@ -90,17 +92,38 @@ def resize_array(images: np.ndarray, size: int, layout: str) -> np.ndarray:
 
 
 class FileDecoder:
-    """Rows are image files, decoded one by one (PIL releases the GIL, so threads help)."""
+    """Rows are image files, decoded one by one (PIL releases the GIL, so threads help).
 
-    def __init__(self, paths: Sequence[str | Path], size: int):
+    ``turns`` (one per row, optional) rotates a row's image by that many quarter turns
+    counter-clockwise after resizing: rotated copies of a class are new classes (Omniglot)."""
+
+    def __init__(self, paths: Sequence[str | Path], size: int, turns: Sequence[int] | None = None):
         self.paths = list(paths)
         self.size = size
+        self.turns = None if turns is None else list(turns)
         self.num_items = len(self.paths)
 
     def decode(self, start: int, stop: int) -> np.ndarray:
         out = np.empty((stop - start, 3, self.size, self.size), dtype=np.uint8)
         for i, path in enumerate(self.paths[start:stop]):
             out[i] = read_image(path, self.size)
+            if self.turns is not None and self.turns[start + i]:
+                out[i] = np.rot90(out[i], self.turns[start + i], axes=(1, 2))
+        return out
+
+
+class BlobDecoder:
+    """Rows are encoded images (PNG/JPEG bytes) held in memory, e.g. tieredImageNet's pickles;
+    ``where`` names their file in messages."""
+
+    def __init__(self, blobs: Sequence[bytes], rows: np.ndarray, size: int, where: str):
+        self.blobs, self.rows, self.size, self.where = blobs, np.asarray(rows, np.int64), size, where
+        self.num_items = len(self.rows)
+
+    def decode(self, start: int, stop: int) -> np.ndarray:
+        out = np.empty((stop - start, 3, self.size, self.size), dtype=np.uint8)
+        for i, row in enumerate(self.rows[start:stop]):
+            out[i] = read_image(io.BytesIO(self.blobs[row]), self.size, f"{self.where} row {row}")
         return out
 
 

@@ -6,9 +6,14 @@ folders the listing falls out of the scan; for pickles it needs the unpickled ar
 :mod:`mtl.data.datasets` first asks the cache whether a finished entry already knows it.
 
 Rows are grouped by class in sorted class-name order, and inside a class in a stable order:
-file name (folders), CSV row order (miniImageNet CSV), ``class_dict`` order (pickles), CIFAR
-train rows then CIFAR test rows (FC100). Pickles are trusted input: unpickling can run code,
-so only point ``data.root`` at files you made or downloaded from a source you trust.
+file name (folders), CSV row order (miniImageNet CSV), ``class_dict`` order (pickles). Every
+pickle is read through :func:`mtl.data.unpickle.load_pickle`, which builds arrays, numbers,
+strings and containers and refuses anything else, so no data file can run code.
+
+This module holds the shared pieces (:class:`Source`, fingerprints, pickled-dict checks) and the
+folder and miniImageNet readers; the other families have their own modules: :mod:`mtl.data.cifar`
+(CIFAR-100 python files: FC100, CIFAR-FS), :mod:`mtl.data.pickles` (the MetaOptNet/RFS pickles
+and tieredImageNet's PNG pickles) and :mod:`mtl.data.omniglot`.
 """
 
 from __future__ import annotations
@@ -31,14 +36,6 @@ from mtl.errors import DataError
 
 Listing = tuple[list[str], list[int], Decoder]
 
-# TADAM's FC100 split of the 20 CIFAR-100 superclasses (docs/algorithm.md §7).
-FC100_COARSE = {
-    "train": (1, 2, 3, 4, 5, 6, 9, 10, 15, 17, 18, 19),
-    "val": (8, 11, 13, 16),
-    "test": (0, 7, 12, 14),
-}
-
-
 @dataclass(frozen=True)
 class Source:
     description: str  # path(s) the split is read from
@@ -47,17 +44,33 @@ class Source:
     cheap: bool  # True: listing() costs nothing more (the scan is done)
 
 
-def _hasher(kind: str, split: str, size: int) -> "hashlib._Hash":
+def hasher(kind: str, split: str, size: int) -> "hashlib._Hash":
     h = hashlib.sha256()
     h.update(json.dumps([kind, FORMAT_VERSION, split, size]).encode())
     return h
 
 
-def _stat_line(name: str, st: os.stat_result) -> bytes:
+def stat_line(name: str, st: os.stat_result) -> bytes:
     return f"{name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape")
 
 
 # Folders
+
+
+def subfolders(path: Path) -> list[str]:
+    """Names of the folders in ``path``, sorted; hidden ones are skipped."""
+    return sorted(e.name for e in os.scandir(path) if not e.name.startswith(".") and e.is_dir())
+
+
+def class_images(class_dir: Path, name: str, h: "hashlib._Hash", what: str = "class folder") -> list[str]:
+    """The image files of one class folder, by file name, each entered in ``h`` as ``name/<file>``
+    with its size and time; a folder without images is a DataError."""
+    files = sorted((e for e in os.scandir(class_dir) if is_image_name(e.name) and e.is_file()), key=lambda e: e.name)
+    if not files:
+        raise DataError(f"{what} {class_dir} holds no images (.jpg, .png, ...); add images or remove the folder")
+    for e in files:
+        h.update(stat_line(f"{name}/{e.name}", e.stat()))
+    return [e.path for e in files]
 
 
 def folder_source(root: Path, split: str, size: int, what: str) -> Source:
@@ -65,24 +78,13 @@ def folder_source(root: Path, split: str, size: int, what: str) -> Source:
     split_dir = root / split
     if not split_dir.is_dir():
         raise DataError(f"{what} split {split!r} not found: expected {split_dir}/<class>/<image files>")
-    classes = sorted(e.name for e in os.scandir(split_dir) if not e.name.startswith(".") and e.is_dir())
+    classes = subfolders(split_dir)
     if not classes:
         raise DataError(f"{split_dir} holds no class folders: expected {split_dir}/<class>/<image files>")
-    h = _hasher("folder", split, size)
-    paths: list[str] = []
-    counts: list[int] = []
-    for name in classes:
-        class_dir = split_dir / name
-        files = sorted((e for e in os.scandir(class_dir) if is_image_name(e.name) and e.is_file()),
-                       key=lambda e: e.name)
-        if not files:
-            raise DataError(f"class folder {class_dir} holds no images (.jpg, .png, ...); "
-                            f"add images or remove the folder")
-        for e in files:
-            h.update(_stat_line(f"{name}/{e.name}", e.stat()))
-            paths.append(e.path)
-        counts.append(len(files))
-    decoder = FileDecoder(paths, size)
+    h = hasher("folder", split, size)
+    files = [class_images(split_dir / name, name, h) for name in classes]
+    counts = [len(f) for f in files]
+    decoder = FileDecoder([p for f in files for p in f], size)
     return Source(str(split_dir), h.hexdigest(), lambda: (classes, counts, decoder), cheap=True)
 
 
@@ -105,7 +107,7 @@ def mini_csv_source(root: Path, split: str, size: int) -> Source:
         if header is None or [c.strip().lower() for c in header] != ["filename", "label"]:
             raise DataError(f"{csv_path} line 1: header must be 'filename,label', not {header!r}")
         by_class: dict[str, list[str]] = {}
-        h = _hasher("mini-csv", split, size)
+        h = hasher("mini-csv", split, size)
         h.update(hashlib.sha256(raw).digest())
         for row in reader:
             line = reader.line_num
@@ -120,7 +122,7 @@ def mini_csv_source(root: Path, split: str, size: int) -> Source:
             except OSError:
                 raise DataError(f"{csv_path} line {line} names {path}, which does not exist; "
                                 f"restore the image or remove the row") from None
-            h.update(_stat_line(fname, st))
+            h.update(stat_line(fname, st))
             by_class.setdefault(label, []).append(str(path))
     except UnicodeDecodeError as e:
         raise DataError(f"{csv_path} is not a text CSV ({e.reason}); replace it") from None
@@ -138,15 +140,15 @@ def mini_csv_source(root: Path, split: str, size: int) -> Source:
 # Pickles
 
 
-def _str(x: Any) -> str:
+def str_of(x: Any) -> str:
     return x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
 
 
-def _str_keys(d: Any, path: Path, need: tuple[str, ...]) -> dict[str, Any]:
+def str_keys(d: Any, path: Path, need: tuple[str, ...]) -> dict[str, Any]:
     """A pickled dict with str or bytes keys -> str keys; missing keys are a DataError."""
     if not isinstance(d, dict):
         raise DataError(f"{path} holds a {type(d).__name__}, expected a dict with {', '.join(need)}")
-    out = {_str(k): v for k, v in d.items()}
+    out = {str_of(k): v for k, v in d.items()}
     missing = [k for k in need if k not in out]
     if missing:
         raise DataError(f"{path} lacks {', '.join(missing)} (has {', '.join(sorted(out))}); "
@@ -154,22 +156,29 @@ def _str_keys(d: Any, path: Path, need: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _files_fingerprint(kind: str, split: str, size: int, files: list[Path]) -> str:
-    h = _hasher(kind, split, size)
+def files_fingerprint(kind: str, split: str, size: int, files: list[Path]) -> str:
+    h = hasher(kind, split, size)
     for p in files:
-        h.update(_stat_line(p.name, os.stat(p)))
+        h.update(stat_line(p.name, os.stat(p)))
     return h.hexdigest()
+
+
+def mini_cache_file(root: Path, split: str) -> Path:
+    """``root/mini-imagenet-cache-<split>.pkl``; learn2learn downloads val as ``...-validation.pkl``."""
+    path = root / f"mini-imagenet-cache-{split}.pkl"
+    alias = root / "mini-imagenet-cache-validation.pkl"
+    return alias if split == "val" and not path.is_file() and alias.is_file() else path
 
 
 def mini_pickle_source(root: Path, split: str, size: int) -> Source:
     """``root/mini-imagenet-cache-<split>.pkl``: dict(image_data=N x H x H x 3, class_dict=wnid -> rows)."""
-    path = root / f"mini-imagenet-cache-{split}.pkl"
+    path = mini_cache_file(root, split)
     if not path.is_file():
         raise DataError(f"miniImageNet pickle {path} not found: the pickle form needs "
                         f"ROOT/mini-imagenet-cache-{{train,val,test}}.pkl")
 
     def listing() -> Listing:
-        d = _str_keys(load_pickle(path), path, ("image_data", "class_dict"))
+        d = str_keys(load_pickle(path), path, ("image_data", "class_dict"))
         images, class_dict = d["image_data"], d["class_dict"]
         if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4
                 and images.shape[3] == 3 and images.shape[1] == images.shape[2]):
@@ -178,7 +187,7 @@ def mini_pickle_source(root: Path, split: str, size: int) -> Source:
                             f"got {type(images).__name__} {shape} {getattr(images, 'dtype', '')}")
         if not isinstance(class_dict, dict) or not class_dict:
             raise DataError(f"{path}: class_dict must map each class to its row indices")
-        rows_of = {_str(k): np.asarray(v, dtype=np.int64).reshape(-1) for k, v in class_dict.items()}
+        rows_of = {str_of(k): np.asarray(v, dtype=np.int64).reshape(-1) for k, v in class_dict.items()}
         classes = sorted(rows_of)
         rows = np.concatenate([rows_of[c] for c in classes])
         if any(len(rows_of[c]) == 0 for c in classes):
@@ -188,58 +197,4 @@ def mini_pickle_source(root: Path, split: str, size: int) -> Source:
         counts = [len(rows_of[c]) for c in classes]
         return classes, counts, ArrayDecoder(images, rows, size, "hwc")
 
-    return Source(str(path), _files_fingerprint("mini-pickle", split, size, [path]), listing, cheap=False)
-
-
-# FC100 (CIFAR-100)
-
-
-def cifar100_dir(root: Path) -> Path | None:
-    """``root/cifar-100-python``, or root itself when it is that folder; None if neither."""
-    for d in (root / "cifar-100-python", root):
-        if all((d / f).is_file() for f in ("train", "test", "meta")):
-            return d
-    return None
-
-
-def _cifar_part(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    d = _str_keys(load_pickle(path), path, ("data", "fine_labels", "coarse_labels"))
-    data = d["data"]
-    fine = np.asarray(d["fine_labels"], dtype=np.int64)
-    coarse = np.asarray(d["coarse_labels"], dtype=np.int64)
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-            and data.shape[1] == 3072):
-        raise DataError(f"{path}: data must be a uint8 array N x 3072 (32x32 RGB planes), "
-                        f"got {getattr(data, 'shape', type(data).__name__)} {getattr(data, 'dtype', '')}")
-    if not len(fine) == len(coarse) == len(data):
-        raise DataError(f"{path}: {len(data)} images but {len(fine)} fine and {len(coarse)} coarse labels")
-    return data.reshape(-1, 3, 32, 32), fine, coarse
-
-
-def fc100_source(cifar_dir: Path, split: str, size: int) -> Source:
-    """FC100: CIFAR-100 train + test pooled, fine classes split by superclass as TADAM does."""
-    files = [cifar_dir / "train", cifar_dir / "test", cifar_dir / "meta"]
-
-    def listing() -> Listing:
-        meta = _str_keys(load_pickle(files[2]), files[2], ("fine_label_names",))
-        names = [_str(n) for n in meta["fine_label_names"]]
-        parts = [_cifar_part(files[0]), _cifar_part(files[1])]
-        fine = np.concatenate([p[1] for p in parts])
-        coarse = np.concatenate([p[2] for p in parts])
-        if fine.min() < 0 or fine.max() >= len(names):
-            raise DataError(f"{cifar_dir}: fine labels outside 0..{len(names) - 1} of {files[2]}")
-        coarse_of: dict[int, int] = {}
-        for f, c in zip(*np.unique(np.stack([fine, coarse], 1), axis=0).T):
-            if coarse_of.setdefault(int(f), int(c)) != int(c):
-                raise DataError(f"{cifar_dir}: fine class {names[f]} appears under two superclasses")
-        wanted = set(FC100_COARSE[split])
-        chosen = sorted((names[f], f) for f, c in coarse_of.items() if c in wanted)
-        if not chosen:
-            raise DataError(f"{cifar_dir}: no fine class belongs to FC100 {split} superclasses "
-                            f"{sorted(wanted)}; is this CIFAR-100?")
-        rows = [np.flatnonzero(fine == f) for _, f in chosen]  # train rows come first: stable order
-        images = np.concatenate([p[0] for p in parts])
-        decoder = ArrayDecoder(images, np.concatenate(rows), size, "chw")
-        return [n for n, _ in chosen], [len(r) for r in rows], decoder
-
-    return Source(str(cifar_dir), _files_fingerprint("fc100", split, size, files), listing, cheap=False)
+    return Source(str(path), files_fingerprint("mini-pickle", split, size, [path]), listing, cheap=False)

@@ -47,7 +47,7 @@ class SplitIndex:
     cache, so a changed source is decoded again and an unchanged one never is.
     """
 
-    dataset: str  # config name: synthetic | folder | mini | fc100 | tiered
+    dataset: str  # config name: synthetic | folder | mini | tiered | fc100 | cifar_fs | omniglot
     split: str  # train | val | test
     class_names: list[str]  # sorted
     counts: list[int]  # images per class, same order

@@ -13,6 +13,7 @@ from typing import Any
 
 from mtl.config import check_against_data
 from mtl.data import split_stats
+from mtl.data.evalset import check_eval_shapes, index_eval
 from mtl.errors import ConfigError
 from mtl.config import affects_pretraining, recipe_note
 from mtl.tune.spec import SweepSpec
@@ -39,13 +40,17 @@ class Launch:
 
 
 def check_data(spec: SweepSpec) -> None:
-    """The dataset's layout and the episode shapes of the base config and of every space bound."""
+    """The layouts of the dataset and of the test set (``eval.data``, which the winner is tested on),
+    and the episode shapes of the base config and of every space bound against them."""
     stats = split_stats(spec.base.data)  # missing dataset root -> DataError with the expected layout
     check_against_data(spec.base, stats)
+    test = index_eval(spec.base)
     for key, dist in spec.space.items():
         for v in dist.bounds():
             try:
-                check_against_data(spec.base.with_overrides({key: v}), stats)
+                cfg = spec.base.with_overrides({key: v})
+                check_against_data(cfg, stats)
+                check_eval_shapes(cfg, test)
             except ConfigError as e:
                 raise ConfigError(f"space {key}: value {v!r} does not fit the data ({e})") from None
 
@@ -139,8 +144,9 @@ def describe(spec: SweepSpec) -> str:
     t, r = spec.tune, spec.resources
     shared = not any(affects_pretraining(k) for k in spec.space)
     base = spec.base.to_dict()
-    if spec.base.data.dataset != "synthetic":
-        base["data"].pop("synthetic")
+    for name in ("synthetic", "omniglot"):  # a dataset's own options only where they apply
+        if name not in (spec.base.data.dataset, spec.base.eval.data.dataset):
+            base["data"].pop(name)
     lines = [
         f"sweep {spec.name} ({spec.source})",
         "base config (resolved):",

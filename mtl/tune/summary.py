@@ -47,7 +47,8 @@ def format_table(summary: dict[str, Any], top: int = 8) -> str:
         lines += [f"best trial {b['trial_id']}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in b["config"].items()),
                   f"  val acc  {_pct(b['val_acc'], b.get('val_ci95'))}{tie_note}",
                   (f"  test acc {100 * b['test_acc']:.2f}% ± {100 * b['test_ci95']:.2f} "
-                   f"(95% CI, {b['test_episodes']} episodes)")]
+                   f"(95% CI, {b['test_episodes']} episodes"
+                   + (f"; on {b['test_data']}, trained on {b['train_data']})" if b.get("test_data") else ")"))]
     keys = list(summary["space"])
     ranked = sorted(summary["trials"], key=lambda t: -(t["best_val_acc"] or -1))[:top]
     head = ["trial", *keys, "best_val", "epochs", "outcome"]

@@ -159,6 +159,7 @@ def summarize(launch: Launch, result_grid: Any, resources: dict[str, float], wal
     tested once (its state, config and per-episode accuracies exported to ``best/``)."""
     import ray
 
+    from mtl.data.evalset import describe
     from mtl.tune.trainable import evaluate_trial
 
     spec = launch.spec
@@ -178,6 +179,7 @@ def summarize(launch: Launch, result_grid: Any, resources: dict[str, float], wal
         best = {"trial_id": win["trial_id"], "config": win["config"], "val_acc": win["best_val_acc"],
                 "val_ci95": win["best_val_ci95"], "ties": ties(win, candidates),
                 "test_acc": res["acc"], "test_ci95": res["ci95"], "test_episodes": len(res["accs"]),
+                "train_data": describe(cfg.data), "test_data": res["test_data"],
                 "checkpoint": str(exp / "best" / "meta_state.pt"), "config_file": str(exp / "best" / "config.yaml"),
                 "resolved_config": cfg.to_dict()}
     summary = {"name": spec.name, "spec": spec.source, "metric": spec.tune.metric,

@@ -17,7 +17,8 @@ from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.config import config_from_dict
 from mtl.errors import CheckpointError
 from mtl.runtime import make_env
-from mtl.trial import load_backbone, load_data, run_trial, test_checkpoint
+from mtl.data.evalset import describe, eval_data
+from mtl.trial import load_backbone, load_test, run_trial, test_checkpoint
 from mtl.pretraining import PretrainCache
 
 CHECKPOINT_FILE = "meta_state.pt"
@@ -70,11 +71,12 @@ def complete_checkpoint(checkpoint_dir: str | Path, cache_root: str | Path) -> d
 
 
 def evaluate_trial(checkpoint_dir: str, cache_root: str, export_to: str | None = None) -> dict[str, Any]:
-    """Evaluate a trial's best state once on the test split (run on a worker with the trial's resources)."""
+    """Evaluate a trial's best state once on the test set, ``eval.data`` (run on a worker with the trial's
+    resources); ``test_data`` in the result names it."""
     ck = complete_checkpoint(checkpoint_dir, cache_root)
     cfg = config_from_dict(ck["config"])
     env = replace(make_env(cfg.runtime), progress=False)
-    test = load_data(cfg, env, ("test",))["test"]
+    test = load_test(cfg, env)
     if export_to:
         save_checkpoint(export_to, ck)
-    return test_checkpoint(ck, cfg, env, test)
+    return {**test_checkpoint(ck, cfg, env, test), "test_data": describe(eval_data(cfg), cfg.eval.data.split)}

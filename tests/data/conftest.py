@@ -169,6 +169,97 @@ def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_cifar100(tmp_path_factory.mktemp("cifar"))
 
 
+# ----------------------------------------------------------------------------- MetaOptNet / RFS pickles
+
+METAOPTNET_NAMES = {  # dataset -> split -> file name (as the MetaOptNet and RFS code bases name them)
+    "mini": {"train": "miniImageNet_category_split_train_phase_train.pickle",
+             "val": "miniImageNet_category_split_val.pickle", "test": "miniImageNet_category_split_test.pickle"},
+    "cifar_fs": {s: f"CIFAR_FS_{s}.pickle" for s in ("train", "val", "test")},
+    "fc100": {s: f"FC100_{s}.pickle" for s in ("train", "val", "test")},
+}
+
+
+def write_metaoptnet(root: Path, dataset: str, per_class: int = 3, size: int = 32) -> Path:
+    """Python 2 style (protocol 2, bytes keys) dicts of data N x H x W x 3 and labels, classes
+    interleaved; labels run on across splits as in the real files. Pixel (0, 0) holds
+    (label, index within class, 7); miniImageNet files also carry catname2label."""
+    root.mkdir(parents=True, exist_ok=True)
+    label = 0
+    for split, wnids in MINI_CLASSES.items():
+        labels, rows = [], []
+        for i in range(per_class):
+            for k in range(len(wnids)):
+                img = np.full((size, size, 3), 90, dtype=np.uint8)
+                img[0, 0] = (label + k, i, 7)
+                rows.append(img)
+                labels.append(label + k)
+        blob = {b"data": np.stack(rows), b"labels": labels}
+        if dataset == "mini":
+            blob[b"catname2label"] = {w.encode(): label + k for k, w in enumerate(wnids)}
+        label += len(wnids)
+        with open(root / METAOPTNET_NAMES[dataset][split], "wb") as f:
+            pickle.dump(blob, f, protocol=2)
+    return root
+
+
+# ----------------------------------------------------------------------------- tieredImageNet pickles
+
+TIERED_CLASSES = {"train": ["n01440764", "n01443537", "n01484850"], "val": ["n02085620", "n02085782"],
+                  "test": ["n03000134", "n03014705"]}
+
+
+def png_bytes(colour, size=(84, 84)) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_tiered_pickles(root: Path, per_class: int = 3, as_arrays: bool = False) -> Path:
+    """Ren et al.'s form: ``<split>_images_png.pkl`` (PNG bytes, or 1-D uint8 arrays as
+    cv2.imencode gives) and ``<split>_labels.pkl``; the colour of an image tells its class."""
+    root.mkdir(parents=True, exist_ok=True)
+    for split, wnids in TIERED_CLASSES.items():
+        blobs, specific = [], []
+        for i in range(per_class):
+            for k, w in enumerate(wnids):
+                b = png_bytes(mini_colour(w), (84 + i, 84))
+                blobs.append(np.frombuffer(b, dtype=np.uint8).copy() if as_arrays else b)
+                specific.append(k)
+        labels = {"label_specific": np.array(specific), "label_general": np.zeros(len(specific), dtype=np.int64),
+                  "label_specific_str": list(wnids), "label_general_str": ["everything"]}
+        with open(root / f"{split}_images_png.pkl", "wb") as f:
+            pickle.dump(blobs, f, protocol=4)
+        with open(root / f"{split}_labels.pkl", "wb") as f:
+            pickle.dump(labels, f, protocol=4)
+    return root
+
+
+# ----------------------------------------------------------------------------- Omniglot
+
+OMNIGLOT = {"images_background": {"Alpha": 2, "Beta": 2, "Gamma": 1, "Delta": 2},
+            "images_evaluation": {"Kappa": 2, "Lambda": 1}}
+OMNIGLOT_PER_CHARACTER = 3
+
+
+def write_omniglot(root: Path, alphabets: dict | None = None, per_character: int = OMNIGLOT_PER_CHARACTER) -> Path:
+    """``root/omniglot-py/images_{background,evaluation}/<alphabet>/character<NN>/<id>_<NN>.png``:
+    105 px 1-bit images, white with a black stroke in the top-left corner (so a rotation shows)
+    whose length is the character number. ``alphabets``: part -> alphabet -> characters (OMNIGLOT)."""
+    base = root / "omniglot-py"
+    for part, chars in (alphabets or OMNIGLOT).items():
+        for a, n_chars in chars.items():
+            for c in range(1, n_chars + 1):
+                d = base / part / a / f"character{c:02d}"
+                d.mkdir(parents=True)
+                for i in range(per_character):
+                    img = np.ones((105, 105), dtype=bool)
+                    img[:30, :20 + 20 * c] = False
+                    Image.fromarray(img).save(d / f"{c:04d}_{i + 1:02d}.png")
+    return root
+
+
 # ----------------------------------------------------------------------------- helpers
 
 

@@ -69,12 +69,12 @@ def test_missing_and_corrupt(tmp_path, cache, fakes):
 
 
 def test_fingerprint_needs_no_unpickling(cifar_root, cache, fakes, monkeypatch):
-    from mtl.data import formats
+    from mtl.data import cifar
 
     data = fakes.data_for("fc100", cifar_root, cache, size=32)
     indexes = {s: index_split(data, s) for s in ("train", "val", "test")}
     expected = [ix.fingerprint for ix in indexes.values()]
-    monkeypatch.setattr(formats, "load_pickle", lambda p: (_ for _ in ()).throw(AssertionError(p)))
+    monkeypatch.setattr(cifar, "load_pickle", lambda p: (_ for _ in ()).throw(AssertionError(p)))
     fp = dataset_fingerprint(data)
     assert len(fp) == 64 and len(set(expected)) == 3
     assert dataset_fingerprint(data, indexes) == fp  # the same digest from listings already made

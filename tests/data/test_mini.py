@@ -67,6 +67,18 @@ def test_pickle_form(tmp_path, cache, fakes, size):
     _check_colours(split, fakes, tol=0)
 
 
+def test_pickle_form_reads_learn2learns_validation_name(tmp_path, cache, fakes):
+    root = fakes.write_mini_pickles(tmp_path / "mini")
+    (root / "mini-imagenet-cache-val.pkl").rename(root / "mini-imagenet-cache-validation.pkl")
+    assert index_split(fakes.data_for("mini", root, cache), "val").class_names == sorted(fakes.MINI_CLASSES["val"])
+
+
+def test_metaoptnet_pickles_come_before_class_folders(tmp_path, cache, fakes):
+    root = fakes.write_folder_dataset(tmp_path / "mini")
+    fakes.write_metaoptnet(root, "mini")
+    assert index_split(fakes.data_for("mini", root, cache), "val").class_names == sorted(fakes.MINI_CLASSES["val"])
+
+
 def test_pickle_listing_reuses_cache_meta(tmp_path, cache, fakes, monkeypatch):
     root = fakes.write_mini_pickles(tmp_path / "mini")
     data = fakes.data_for("mini", root, cache, size=84)

@@ -18,7 +18,8 @@ CLASSES, PER_CLASS = 5, 20
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory, fakes):
-    """dataset name -> a root: class folders for mini and tiered, the CIFAR-100 files for fc100."""
+    """dataset name -> a root: class folders for mini and tiered, the CIFAR-100 files for fc100 and
+    CIFAR-FS, torchvision's Omniglot folders."""
     folders = tmp_path_factory.mktemp("folders")
     for split in ("train", "val", "test"):
         for c in range(CLASSES):
@@ -27,7 +28,10 @@ def roots(tmp_path_factory, fakes):
             for i in range(PER_CLASS):
                 Image.new("RGB", (8, 8), (c * 40, i * 10, 0)).save(d / f"{i}.png")
     cifar = fakes.write_cifar100(tmp_path_factory.mktemp("cifar"), train_per=16, test_per=4)
-    return {"mini": folders, "tiered": folders, "fc100": cifar}
+    # 20-way with rotations: 5 characters x 4 per split; the last 5 background alphabets are val
+    omniglot = fakes.write_omniglot(tmp_path_factory.mktemp("omniglot"), per_character=16, alphabets={
+        "images_background": {"A": 5, **{f"V{i}": 1 for i in range(5)}}, "images_evaluation": {"E": 5}})
+    return {"mini": folders, "tiered": folders, "fc100": cifar, "cifar_fs": cifar, "omniglot": omniglot}
 
 
 def _root(roots, name, cache):

@@ -59,6 +59,28 @@ def test_mini_pickle_and_cifar_files_are_read_safely(tmp_path, cache, fakes):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("dataset, victim, wrap", [
+    ("mini", "miniImageNet_category_split_val.pickle", lambda p: {"data": p, "labels": []}),
+    ("cifar_fs", "CIFAR_FS_val.pickle", lambda p: {"data": p, "labels": []}),
+    ("fc100", "FC100_val.pickle", lambda p: {"labels": [p]}),
+    ("tiered", "val_images_png.pkl", lambda p: [p]),
+    ("tiered", "val_labels.pkl", lambda p: {"label_specific": p}),
+    ("cifar_fs", "cifar-100-python/train", lambda p: {"data": p}),
+])
+def test_every_new_pickle_format_refuses_a_crafted_file(tmp_path, cache, fakes, dataset, victim, wrap):
+    marker = tmp_path / "pwned"
+    if dataset == "tiered":
+        root = fakes.write_tiered_pickles(tmp_path / "d")
+    elif "/" in victim:
+        root = fakes.write_cifar100(tmp_path / "d")
+    else:
+        root = fakes.write_metaoptnet(tmp_path / "d", dataset)
+    _crafted(root / victim, marker, wrap)
+    with pytest.raises(DataError, match=rf"{victim.split('/')[-1]} is a pickle that would call os\.makedirs") as e:
+        index_split(fakes.data_for(dataset, root, cache), "train" if "/" in victim else "val")
+    assert "\n" not in str(e.value) and not marker.exists()
+
+
 def test_dry_run_reads_far_enough_to_refuse_it(tmp_path, cache, fakes, monkeypatch, capsys):
     import importlib.util
 
