@@ -1,4 +1,4 @@
-"""``python -m mtl train CONFIG`` and ``python -m mtl evaluate CHECKPOINT``.
+"""``python -m mtl train CONFIG``, ``python -m mtl evaluate CHECKPOINT`` and ``python -m mtl report STORAGE/NAME``.
 
 Errors in the user's input print one line (``error: ...``) and exit with status 2.
 """
@@ -34,7 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override eval.* (episodes, query, inner_steps, protocol, seed) or data.root")
     ev.add_argument("--out", help="write the result JSON (accuracy, CI, per-episode accuracies) here")
-    for p in (tr, ev):
+    rp = sub.add_parser("report", help="write a finished sweep's report.html (and attach it to its MLflow run)")
+    rp.add_argument("sweep", help="the sweep's folder, STORAGE/NAME (it holds summary.json)")
+    rp.add_argument("--no-mlflow", action="store_true", help="do not attach the report to the sweep's MLflow run")
+    for p in (tr, ev, rp):
         p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the result")
     return ap
 
@@ -44,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        return _train(args) if args.command == "train" else _evaluate(args)
+        return {"train": _train, "evaluate": _evaluate, "report": _report}[args.command](args)
     except MTLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -84,4 +87,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.out:
         write_json_atomic(args.out, {f"{args.split}_acc": res["acc"], f"{args.split}_ci95": res["ci95"],
                                      "accs": res["accs"], "config": cfg.to_dict()})
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from mtl.report import attach_to_run, load_summary, write_report
+
+    summary = load_summary(args.sweep)
+    path = write_report(summary, args.sweep)
+    print(f"report: {path}")
+    if not args.no_mlflow:
+        try:
+            run = attach_to_run(summary, path)
+        except Exception as e:  # noqa: BLE001 - the file is written; the store is a convenience here
+            log.warning("could not attach the report to the sweep's MLflow run: %s", str(e).splitlines()[0][:200])
+        else:
+            if run:
+                print(f"attached to MLflow run {run}")
     return 0

@@ -165,9 +165,27 @@ def run_trial(cfg: Config, *, store: str | Path, report: Report, resume: dict[st
     return trainer
 
 
-def test_checkpoint(ck: dict[str, Any], cfg: Config, env: Env, split) -> dict[str, Any]:
+class _Replay:
+    """An Embedder whose batches of features are kept in ``store`` on the first pass over a bank
+    of episodes and read back on the next ones (evaluations with the same feature extractor)."""
+
+    def __init__(self, embed: Embedder, store: list) -> None:
+        self.embed, self.env, self.store, self.calls = embed, embed.env, store, 0
+
+    def __call__(self, source, eps, flip_support: bool = False):
+        if self.calls == len(self.store):
+            self.store.append(self.embed(source, eps, flip_support))
+        self.calls += 1
+        return self.store[self.calls - 1]
+
+
+def test_checkpoint(ck: dict[str, Any], cfg: Config, env: Env, split, features: list | None = None) -> dict[str, Any]:
     """Few-shot accuracy (mean, 95% CI, per episode) of a meta checkpoint's best state on ``split``:
-    ``cfg.eval.episodes`` episodes drawn with ``cfg.eval.seed + 1`` (the validation bank uses the seed)."""
+    ``cfg.eval.episodes`` episodes drawn with ``cfg.eval.seed + 1`` (the validation bank uses the seed).
+
+    ``features``: a list shared by the evaluations of one feature extractor (the same backbone,
+    learnt scale and shift and BN mode) on the same episodes: the first fills it, the others
+    adapt their heads on its features without running the backbone again."""
     if ck.get("backbone") is None:
         raise CheckpointError("the checkpoint holds no backbone weights; complete it from its pretraining entry")
     model = build_meta_model(cfg.model, env, ck["backbone"])
@@ -178,6 +196,8 @@ def test_checkpoint(ck: dict[str, Any], cfg: Config, env: Env, split) -> dict[st
     set_bn_mode(model, cfg.model.bn_mode, training=False)
     embed = Embedder(model, Normalize(cfg.data.normalization, env.device, env.channels_last), env,
                      transductive=cfg.model.bn_mode == "batch_stats")
+    if features is not None:
+        embed = _Replay(embed, features)
     e, m = cfg.eval, cfg.meta
     episodes = episode_bank(split.offsets, m.way, m.shot, eval_query(m, e), e.episodes, e.seed + 1)
     return evaluate(embed, split, episodes, head.weight, head.bias, steps=e.inner_steps, lr=m.inner_lr,

@@ -49,6 +49,9 @@ class TuneSettings(Section):
     max_t: Optional[at_least(1)] = None  # None: meta.epochs (or its updates)
     max_failures: satisfies(Int, lambda v: v >= -1, "must be >= 0 (or -1: retry forever)") = 2  # retries of a trial
     checkpoints_to_keep: at_least(1) = 2
+    baseline: bool = True  # run the base config (its values of the space keys) as the first trial
+    compare_top: at_least(0) = 2  # trials after the winner tested on the winner's test episodes
+    final_seeds: at_least(1) = 1  # seeds of the winner's and the baseline's meta-training (1: the search's own)
 
     @model_validator(mode="after")
     def _mode_fits_metric(self) -> "TuneSettings":
@@ -89,6 +92,12 @@ class Dist:
     def bounds(self) -> list[Any]:
         """Values that must be valid config values: the ends of a range, every choice."""
         return list(self.args) if self.kind == "choice" else list(self.args[:2])
+
+    def contains(self, value: Any) -> bool:
+        """Whether the distribution can draw ``value`` (a choice, or a number within the range)."""
+        if self.kind == "choice":
+            return any(_numbers_equal(value, a) or value == a for a in self.args)
+        return _number(value) and self.args[0] <= value <= self.args[1]
 
     def to_ray(self) -> Any:
         from ray import tune
@@ -151,6 +160,11 @@ class SweepSpec:
         dist = self.space.get(key)
         return max([self.base.get(key), *(dist.bounds() if dist else [])])
 
+    def baseline_point(self) -> dict[str, Any] | None:
+        """The base config's values of the space keys: the first trial of the sweep, proposed to the
+        searcher before any other (None with ``tune.baseline: false``)."""
+        return {k: self.base.get(k) for k in self.space} if self.tune.baseline else None
+
     def param_space(self) -> dict[str, Any]:
         return {k: d.to_ray() for k, d in self.space.items()}
 
@@ -198,10 +212,33 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
             "the shared pretraining cache needs file locks, which object stores lack")
     settings = _replace_storage(settings)
     spec = SweepSpec(name=name, base=base, space=space, settings=settings, source=str(path))
+    if settings.tune.baseline:
+        _check_baseline(spec)
     if spec.tune.scheduler == "asha" and spec.tune.grace_period > spec.max_t:
         raise ConfigError(f"tune.grace_period = {spec.tune.grace_period} exceeds max_t = {spec.max_t}; "
                           "lower the grace period or raise meta.epochs / tune.max_t")
     return spec
+
+
+def _check_baseline(spec: SweepSpec) -> None:
+    """The baseline trial is the base config itself: each space key's base value must be one the
+    searcher could draw. Rejected rather than skipped, so that a sweep never silently loses the
+    comparison that says whether searching helped (docs: README, Hyperparameter search)."""
+    for key, dist in spec.space.items():
+        value = spec.base.get(key)
+        if not dist.contains(value):
+            raise ConfigError(
+                f"space {key}: the base config's value {value!r} lies outside {dist.kind}{list(dist.args)}, so the "
+                f"baseline trial (the base config, run first) cannot be proposed; widen the range, set {key} "
+                "inside it in the spec's config:, or set tune.baseline: false")
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _numbers_equal(a: Any, b: Any) -> bool:
+    return _number(a) and _number(b) and float(a) == float(b)
 
 
 def _replace_storage(s: SweepSettings) -> SweepSettings:
