@@ -161,9 +161,9 @@ def _seeds(s: dict[str, Any]) -> str:
         rows.append([_e(t["trial_id"]) + _tags(t["roles"]), f"{100 * v['mean']:.2f}% (sd {100 * v['sd']:.2f})",
                      f"{100 * te['mean']:.2f}% (sd {100 * te['sd']:.2f}, {100 * te['min']:.2f} to "
                      f"{100 * te['max']:.2f})", runs,
-                     _e(in_words("re-run vs search", t["reseed_vs_search"])) if t.get("reseed_vs_search") else "-"])
+                     _e(in_words(f"seed {t['runs'][1]['seed']} vs seed {t['runs'][0]['seed']}", t["reseed_vs_search"])) if t.get("reseed_vs_search") else "-"])
     return out + _table(["trial", "best val acc over seeds", "test acc over seeds", "per seed",
-                         "same config, another seed"], rows, left=1)
+                         "same config, another seed"], rows, left=5)
 
 
 def _trials(s: dict[str, Any]) -> str:

@@ -58,6 +58,11 @@ CASES = {
     "dataset-root-unset": ("base: mini_1shot\nspace:\n" + SPACE_OK, [],
                            ["data.root is not set", "--set data.root="]),
     "spec-missing": ("MISSING", [], ["not found", "give the path of a YAML file"]),
+    "baseline-outside-space": (_spec("  meta.inner_lr: {loguniform: [0.2, 0.5]}\n"), [],
+                               ["space meta.inner_lr", "base config's value 0.1 lies outside loguniform[0.2, 0.5]",
+                                "baseline trial", "tune.baseline: false"]),
+    "baseline-not-a-choice": (_spec("  hard_tasks.ratio: {choice: [0.0, 0.5]}\n"), [],
+                              ["space hard_tasks.ratio", "0.3333333333 lies outside choice[0.0, 0.5]"]),
     "unknown-backbone-set": (None, ["--set", "model.backbone=resnet13"],
                              ["model.backbone", "unknown backbone 'resnet13'", "did you mean resnet12"]),
     "unknown-backbone-in-space": (_spec("  model.backbone: {choice: [tiny, resnet13]}\n"), [],
@@ -171,7 +176,8 @@ def test_quantised_distribution_on_int_field_needs_whole_steps(tmp_path):
     assert _load(tmp_path, "  meta.inner_steps: {quniform: [2, 10, 2]}\n").space["meta.inner_steps"].kind == "quniform"
     with pytest.raises(ConfigError, match="takes whole numbers"):
         _load(tmp_path, "  meta.inner_steps: {quniform: [2, 10, 0.5]}\n")
-    assert _load(tmp_path, "  meta.inner_lr: {int: [1, 3]}\n").space  # ints are fine for a float field
+    # ints are fine for a float field (the base's 0.1 is outside: no baseline trial then)
+    assert _load(tmp_path, "  meta.inner_lr: {int: [1, 3]}\n", ["tune.baseline=false"]).space
 
 
 def test_val_every_is_fine_for_a_metric_reported_every_epoch(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -87,7 +88,8 @@ def plot_param_importance(rows: Sequence[Mapping[str, Any]], params: Sequence[st
     ax = fig.add_subplot()
     ax.barh(names, [importances[n] for n in names], color="tab:blue")
     ax.set_xlabel(f"importance for {metric} (normalised)")
-    ax.set_title(f"Hyperparameter importance from {len(usable)} trials" + (f" at {budget}" if budget else ""))
+    ax.set_title(textwrap.fill(f"Hyperparameter importance from {len(usable)} trials" + (f" at {budget}" if budget else ""),
+                               56), fontsize="medium")
     ax.set_xlim(0, max(1.0, *importances.values()))
     return fig
 
@@ -231,7 +233,7 @@ def plot_paired_differences(entries: Sequence[Mapping[str, Any]]) -> Figure | No
         return None
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4), layout="constrained")
+    fig = Figure(figsize=(8.5, 4), layout="constrained")
     ax = fig.add_subplot()
     for e in curves:
         pts = e["val_vs_winner"]
@@ -240,10 +242,13 @@ def plot_paired_differences(entries: Sequence[Mapping[str, Any]]) -> Figure | No
         line, = ax.plot(xs, [100 * p["diff"] for p in pts], marker="o", markersize=3, label=f"winner - {label}")
         ax.fill_between(xs, [100 * p["ci_low"] for p in pts], [100 * p["ci_high"] for p in pts],
                         color=line.get_color(), alpha=0.2)
+    from matplotlib.ticker import MaxNLocator
+
     ax.axhline(0, color="black", linewidth=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("paired difference (points)")
     ax.set_title("winner minus each trial on the validation bank (band: 95% CI)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the bands fill the plot
     return fig

@@ -90,7 +90,7 @@ def comparison_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(f"  {_label(s)} over {test['n']} seeds: test {100 * test['mean']:.2f}% (sd {100 * test['sd']:.2f},"
                      f" {100 * test['min']:.2f} to {100 * test['max']:.2f})")
         if s.get("reseed_vs_search"):
-            lines.append("    " + in_words(f"same config, seed {s['runs'][1]['seed']} vs {s['runs'][0]['seed']}",
+            lines.append("    " + in_words(f"same config, seed {s['runs'][1]['seed']} vs seed {s['runs'][0]['seed']}",
                                           s["reseed_vs_search"]))
     return lines
 
