@@ -135,7 +135,8 @@ def _comparison(s: dict[str, Any]) -> str:
         diff = "-" if "vs_winner" not in t else "other episodes" if d is None else (
             f"{100 * d['diff']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]")
         p = f"{d['p']:.3g}" if d else "-"
-        rows.append([_e(t["trial_id"]) + _tags(t["roles"]), _pct(t["val_acc"]), _pct(t["test_acc"], t["test_ci95"]),
+        early = '<span class="tag s">stopped early</span>' if t.get("stopped_early") else ""
+        rows.append([_e(t["trial_id"]) + _tags(t["roles"]) + early, _pct(t["val_acc"]), _pct(t["test_acc"], t["test_ci95"]),
                      diff, p, ("yes" if d["significant"] else "no") if d else "-"])
         classes.append("winner" if "winner" in t["roles"] else "baseline" if "baseline" in t["roles"] else "")
         if d:
@@ -156,7 +157,7 @@ def _seeds(s: dict[str, Any]) -> str:
             "own run and re-runs on the same pre-trained backbone), each tested on the same episodes.</p>")
     rows = []
     for t in fs["trials"]:
-        runs = ", ".join(f"seed {r['seed']}: {_pct(r['test_acc'])}" for r in t["runs"])
+        runs = ", ".join(f"seed {r['seed']}: {_pct(r['test_acc'])} ({r.get('epochs', '?')} epochs)" for r in t["runs"])
         v, te = t["val"], t["test"]
         rows.append([_e(t["trial_id"]) + _tags(t["roles"]), f"{100 * v['mean']:.2f}% (sd {100 * v['sd']:.2f})",
                      f"{100 * te['mean']:.2f}% (sd {100 * te['sd']:.2f}, {100 * te['min']:.2f} to "

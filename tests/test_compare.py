@@ -180,7 +180,8 @@ def _finals(tmp_path, runner, seeds=3):
 
     spec = load_spec(_spec_file(tmp_path, "  meta.inner_lr: {loguniform: [0.02, 0.5]}\n"),
                      [f"storage={tmp_path / 'res'}", f"tune.final_seeds={seeds}"])
-    rows = [_row("base", 0.50, 1, 0.05), _row("w", 0.80, 2, 0.2), _row("r1", 0.78, 3, 0.3), _row("r2", 0.7, 4, 0.4)]
+    rows = [_row("base", 0.50, 1, 0.05), _row("w", 0.80, 2, 0.2), _row("r1", 0.78, 3, 0.3),
+            _row("r2", 0.7, 4, 0.4, epoch=2, outcome="stopped_early", stopped_early=True)]
     exp = tmp_path / "exp"
     finals = run_finals(spec, rows, "base", str(tmp_path / "cache"), exp, runner)
     return exp, finals, comparison(finals, spec)
@@ -254,6 +255,7 @@ def test_the_table_says_in_words_whether_the_winner_beats_each_trial(tmp_path):
     assert "winner vs base (baseline): +6.0 points (95% CI +3.8 to +8.2, p < 0.001)" in text
     assert "winner vs r1: +1.5 points (95% CI -0.2 to +3.2, p = 0.083): not significant" in text
     assert "w (winner) over 3 seeds: test" in text
+    assert "r2               test 61.00% ± 5.00 (stopped early by ASHA at epoch 2/4)" in text
     assert "verdict: searching helped: winner vs baseline: +6.0 points" in text
     assert "base baseline" in text  # the trials table marks it
     m = summary_metrics(s)
@@ -284,7 +286,7 @@ def test_report_holds_every_section_and_loads_nothing(tmp_path):
     assert page.count('src="data:image/png;base64,') == len(FIGURE_TITLES)
     assert not re.search(r"(src|href)=\"(?!data:|#)", page) and "<script" not in page  # opens with no network
     assert "searching helped: winner vs baseline: +6.0 points" in page
-    assert "stopped early" not in page or "tag s" in page
+    assert page.count('<span class="tag s">stopped early</span>') == 2  # r2, in the comparison and the trials
     assert f"python -m mtl train {s['best']['config_file']} --out runs/smoke-winner" in page
     assert "inner_lr: 0.2" in page  # the resolved config
 

@@ -53,7 +53,8 @@ CASES = {
                         ["Ray cluster at 127.0.0.1:", "unreachable", "ray start --head", "drop --address"]),
     "mlflow-unreachable": (None, ["--set", "mlflow.tracking_uri=http://127.0.0.1:{port}"],
                            ["MLflow tracking URI http://127.0.0.1:", "unreachable", "mlflow server"]),
-    "missing-dataset-root": ("base: mini_1shot\nconfig: {data: {root: /nonexistent/mini}}\nspace:\n" + SPACE_OK, [],
+    "missing-dataset-root": ("base: mini_1shot\nconfig: {data: {root: /nonexistent/mini}}\nspace:\n"
+                             "  meta.inner_lr: {loguniform: [0.005, 0.5]}\n", [],
                              ["miniImageNet not found under /nonexistent/mini", "expected ROOT/"]),
     "dataset-root-unset": ("base: mini_1shot\nspace:\n" + SPACE_OK, [],
                            ["data.root is not set", "--set data.root="]),

@@ -214,7 +214,8 @@ def comparison(finals: dict[str, Any], spec: Any) -> dict[str, Any]:
         r = tests[t["trial_id"]]
         entry = {"trial_id": t["trial_id"], "roles": roles, "config": t["config"], "val_acc": t["best_val_acc"],
                  "test_acc": r["acc"], "test_ci95": r["ci95"], "episodes": len(r["accs"]),
-                 "shared_features": r.get("shared_features", False)}
+                 "shared_features": r.get("shared_features", False), "stopped_early": t["stopped_early"],
+                 "epoch": t["epoch"], "planned_epochs": t["planned_epochs"]}
         if t["trial_id"] != win:
             same = r["episodes_key"] == w["episodes_key"]
             entry["vs_winner"] = paired(w["accs"], r["accs"]) if same else None
@@ -240,8 +241,9 @@ def _val_pairs(w: dict[str, Any], r: dict[str, Any]) -> list[dict[str, Any]]:
 def _seeds(t: dict[str, Any], roles: list[str], test: dict[str, Any], runs: list[dict[str, Any]],
            seed: int) -> dict[str, Any]:
     """One config over its seeds: the search's own run first, then the re-runs."""
-    first = {"seed": seed, "val_acc": t["best_val_acc"], "test_acc": test["acc"], "test_ci95": test["ci95"]}
-    rows = [first, *({k: r[k] for k in ("seed", "val_acc", "test_acc", "test_ci95")} for r in runs)]
+    first = {"seed": seed, "val_acc": t["best_val_acc"], "test_acc": test["acc"], "test_ci95": test["ci95"],
+             "epochs": t["epoch"]}  # fewer than the re-runs' if ASHA stopped the trial
+    rows = [first, *({k: r[k] for k in ("seed", "val_acc", "test_acc", "test_ci95", "epochs")} for r in runs)]
     return {"trial_id": t["trial_id"], "roles": roles, "runs": rows,
             "val": spread([r["val_acc"] for r in rows]), "test": spread([r["test_acc"] for r in rows]),
             # same config, another seed, same episodes: the noise floor of a single run

@@ -79,7 +79,8 @@ def comparison_lines(summary: dict[str, Any]) -> list[str]:
              "t-test):"]
     label = {t["trial_id"]: _label(t) for t in comp["trials"]}
     width = max(len(x) for x in label.values())
-    lines += [f"  {label[t['trial_id']].ljust(width)}  test {_pct(t['test_acc'], t['test_ci95'])}"
+    lines += [f"  {label[t['trial_id']].ljust(width)}  test {_pct(t['test_acc'], t['test_ci95'])}" + (
+              f" (stopped early by ASHA at epoch {t['epoch']}/{t['planned_epochs']})" if t.get("stopped_early") else "")
               for t in comp["trials"]]
     for t in comp["trials"][1:]:
         d = t.get("vs_winner")

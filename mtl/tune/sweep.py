@@ -189,6 +189,7 @@ def summarize(launch: Launch, result_grid: Any, resources: dict[str, float], wal
         win = finals["chosen"][0][0]
         res = finals["tests"][win["trial_id"]]
         cfg = spec.base.with_overrides(win["config"])
+        (exp / "best").mkdir(parents=True, exist_ok=True)
         save_config(cfg, exp / "best" / "config.yaml")
         write_text_atomic(exp / "best" / "test_accs.csv", "episode,acc\n" + "".join(
             f"{i},{a:.6f}\n" for i, a in enumerate(res["accs"])))
