@@ -215,7 +215,8 @@ def _axis(values: Sequence[Any], dist: Mapping[str, Sequence[Any]] | None):
     if kind == "choice" or not all(_number(v) for v in values):
         cats = [str(a) for a in args] if kind == "choice" else sorted({str(v) for v in values})
         pos = {c: i / max(1, len(cats) - 1) for i, c in enumerate(cats)}
-        return (lambda v: pos.get(str(v), 0.5)), [(y, c) for c, y in pos.items()]
+        label = {str(a): f"{a:.4g}" if isinstance(a, float) else str(a)[:16] for a in (args or values)}
+        return (lambda v: pos.get(str(v), 0.5)), [(y, label.get(c, c)) for c, y in pos.items()]
     lo, hi = (float(args[0]), float(args[1])) if args else (float(min(values)), float(max(values)))
     log = bool(kind and kind.startswith(("log", "qlog"))) and lo > 0
     f = math.log if log else float
@@ -225,7 +226,7 @@ def _axis(values: Sequence[Any], dist: Mapping[str, Sequence[Any]] | None):
 
 def plot_paired_differences(entries: Sequence[Mapping[str, Any]]) -> Figure | None:
     """The winner minus each other trial on the validation bank, per epoch, in accuracy points,
-    with its 95% interval as a band (:func:`mtl.tune.stats.paired`). ``entries``: the summary's
+    with its 95% interval as error bars (:func:`mtl.tune.stats.paired`). ``entries``: the summary's
     compared trials, each with ``trial_id`` and ``val_vs_winner`` (epoch, diff, ci_low, ci_high).
     None if no entry holds a curve."""
     curves = [e for e in entries if e.get("val_vs_winner")]
@@ -235,20 +236,20 @@ def plot_paired_differences(entries: Sequence[Mapping[str, Any]]) -> Figure | No
 
     fig = Figure(figsize=(8.5, 4), layout="constrained")
     ax = fig.add_subplot()
-    for e in curves:
+    for i, e in enumerate(curves):
         pts = e["val_vs_winner"]
-        xs = [p["epoch"] for p in pts]
+        xs = [p["epoch"] + 0.06 * (i - (len(curves) - 1) / 2) for p in pts]  # side by side, not on top
+        ys = [100 * p["diff"] for p in pts]
+        err = [[y - 100 * p["ci_low"] for y, p in zip(ys, pts)], [100 * p["ci_high"] - y for y, p in zip(ys, pts)]]
         label = str(e["trial_id"]) + (" (baseline)" if "baseline" in e.get("roles", ()) else "")
-        line, = ax.plot(xs, [100 * p["diff"] for p in pts], marker="o", markersize=3, label=f"winner - {label}")
-        ax.fill_between(xs, [100 * p["ci_low"] for p in pts], [100 * p["ci_high"] for p in pts],
-                        color=line.get_color(), alpha=0.2)
+        ax.errorbar(xs, ys, yerr=err, marker="o", markersize=4, capsize=3, label=f"winner - {label}")
     from matplotlib.ticker import MaxNLocator
 
     ax.axhline(0, color="black", linewidth=0.8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("paired difference (points)")
-    ax.set_title("winner minus each trial on the validation bank (band: 95% CI)")
+    ax.set_title("winner minus each trial on the validation bank (bars: 95% CI)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the bands fill the plot
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the bars fill the plot
     return fig

@@ -110,7 +110,8 @@ def ties(win: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
         return t["best_val_acc"] - ci, t["best_val_acc"] + ci
 
     low, _ = interval(win)
-    return [t["trial_id"] for t in rows if t is not win and t["best_val_acc"] is not None and interval(t)[1] >= low]
+    return sorted(t["trial_id"] for t in rows
+                  if t is not win and t["best_val_acc"] is not None and interval(t)[1] >= low)
 
 
 def format_table(summary: dict[str, Any], top: int = 8) -> str:
