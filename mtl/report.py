@@ -136,7 +136,8 @@ def _comparison(s: dict[str, Any]) -> str:
             f"{100 * d['diff']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]")
         p = f"{d['p']:.3g}" if d else "-"
         early = '<span class="tag s">stopped early</span>' if t.get("stopped_early") else ""
-        rows.append([_e(t["trial_id"]) + _tags(t["roles"]) + early, _pct(t["val_acc"]), _pct(t["test_acc"], t["test_ci95"]),
+        rows.append([_e(t["trial_id"]) + _tags(t["roles"]) + early, _pct(t["val_acc"]),
+                     _pct(t["test_acc"], t["test_ci95"]),
                      diff, p, ("yes" if d["significant"] else "no") if d else "-"])
         classes.append("winner" if "winner" in t["roles"] else "baseline" if "baseline" in t["roles"] else "")
         if d:
@@ -157,12 +158,15 @@ def _seeds(s: dict[str, Any]) -> str:
             "own run and re-runs on the same pre-trained backbone), each tested on the same episodes.</p>")
     rows = []
     for t in fs["trials"]:
-        runs = ", ".join(f"seed {r['seed']}: {_pct(r['test_acc'])} ({r.get('epochs', '?')} epochs)" for r in t["runs"])
+        runs = ", ".join(f"seed {r['seed']}: {_pct(r['test_acc'])} ({r.get('epochs', '?')} epochs)"
+                         for r in t["runs"])
         v, te = t["val"], t["test"]
+        noise = t.get("reseed_vs_search")
         rows.append([_e(t["trial_id"]) + _tags(t["roles"]), f"{100 * v['mean']:.2f}% (sd {100 * v['sd']:.2f})",
-                     f"{100 * te['mean']:.2f}% (sd {100 * te['sd']:.2f}, {100 * te['min']:.2f} to "
-                     f"{100 * te['max']:.2f})", runs,
-                     _e(in_words(f"seed {t['runs'][1]['seed']} vs seed {t['runs'][0]['seed']}", t["reseed_vs_search"])) if t.get("reseed_vs_search") else "-"])
+                     (f"{100 * te['mean']:.2f}% (sd {100 * te['sd']:.2f}, {100 * te['min']:.2f} to "
+                      f"{100 * te['max']:.2f})"), runs,
+                     _e(in_words(f"seed {t['runs'][1]['seed']} vs seed {t['runs'][0]['seed']}", noise))
+                     if noise else "-"])
     return out + _table(["trial", "best val acc over seeds", "test acc over seeds", "per seed",
                          "same config, another seed"], rows, left=5)
 
@@ -218,7 +222,8 @@ def _reproduce(s: dict[str, Any]) -> str:
     name = s["name"]
     cmds = [("pretrain and meta-train the winner's config from scratch",
              f"python -m mtl train {b['config_file']} --out runs/{name}-winner"),
-            ("test the winner's checkpoint again", f"python -m mtl evaluate {b['checkpoint']} --set eval.episodes=2000"),
+            ("test the winner's checkpoint again",
+             f"python -m mtl evaluate {b['checkpoint']} --set eval.episodes=2000"),
             ("this report", f"python -m mtl report {Path(b['checkpoint']).parents[1]}")]
     return out + "".join(f"<p>{_e(what)}:</p><pre>{_e(cmd)}</pre>" for what, cmd in cmds)
 

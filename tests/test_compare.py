@@ -189,7 +189,7 @@ def _finals(tmp_path, runner, seeds=3):
 
 def test_finals_test_each_trial_once_and_rerun_winner_and_baseline_per_seed(tmp_path):
     runner = Runner(ACCS)
-    exp, finals, out = _finals(tmp_path, runner)
+    exp, _, out = _finals(tmp_path, runner)
     # one test pass for all four, then (3 - 1) seeds x (winner, baseline) meta-trainings
     assert runner.calls == ["compare_task"] + ["seed_task"] * 4
     comp = out["comparison"]
@@ -240,7 +240,7 @@ def _summary(tmp_path, accs=ACCS, baseline="base", seeds=3):
             "config_file": str(exp / "best" / "config.yaml"), "resolved_config": {"meta": {"inner_lr": 0.2}}}
     s = {"name": "smoke", "spec": "search_spaces/smoke.yaml", "metric": "val_acc",
          "space": {"meta.inner_lr": {"loguniform": [0.02, 0.5]}}, "best": best, **out, "trials": rows,
-         "baseline": {"trial_id": "base" if baseline else None, "config": {"meta.inner_lr": 0.05}} if baseline else None,
+         "baseline": {"trial_id": "base", "config": {"meta.inner_lr": 0.05}} if baseline else None,
          "wall_s": 12.0}
     s["verdict"] = verdict(s)
     return s

@@ -88,8 +88,8 @@ def plot_param_importance(rows: Sequence[Mapping[str, Any]], params: Sequence[st
     ax = fig.add_subplot()
     ax.barh(names, [importances[n] for n in names], color="tab:blue")
     ax.set_xlabel(f"importance for {metric} (normalised)")
-    ax.set_title(textwrap.fill(f"Hyperparameter importance from {len(usable)} trials" + (f" at {budget}" if budget else ""),
-                               56), fontsize="medium")
+    title = f"Hyperparameter importance from {len(usable)} trials" + (f" at {budget}" if budget else "")
+    ax.set_title(textwrap.fill(title, 56), fontsize="medium")
     ax.set_xlim(0, max(1.0, *importances.values()))
     return fig
 

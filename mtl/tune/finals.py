@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mtl.files import write_json_atomic
 from mtl.tune.stats import paired, spread

@@ -140,9 +140,9 @@ def after_search(spec: SweepSpec) -> list[str]:
     return [
         "baseline: " + (f"trial 1 is the base config ({', '.join(f'{k}={v}' for k, v in point.items())})"
                         if point else "none (tune.baseline: false): the summary cannot say whether searching helped"),
-        f"after the search: the winner, the next {t.compare_top}{' and the baseline' if point else ''} tested on the "
-        f"same {spec.base.eval.episodes} test episodes (at most {t.compare_top + (2 if point else 1)} test passes, "
-        "in one task with a trial's resources)",
+        (f"after the search: the winner, the next {t.compare_top}{' and the baseline' if point else ''} tested on "
+         f"the same {spec.base.eval.episodes} test episodes (at most {t.compare_top + (2 if point else 1)} test "
+         "passes, in one task with a trial's resources)"),
         f"final seeds: {t.final_seeds} per config" + (
             f": {runs} more meta-trainings ({n} each for the winner{' and the baseline' if point else ''}, up to "
             f"{spec.upper('meta.epochs')} epochs of {m.batches_per_epoch} batches, no pretraining), as Ray tasks "

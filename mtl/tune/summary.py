@@ -75,8 +75,8 @@ def comparison_lines(summary: dict[str, Any]) -> list[str]:
     comp = summary.get("comparison")
     if not comp:
         return []
-    lines = [f"paired comparison on the same {comp['episodes']} test episodes (95% CI; winner minus each, paired "
-             "t-test):"]
+    head = f"paired comparison on the same {comp['episodes']} test episodes (95% CI; winner minus each, paired t-test):"
+    lines = [head]
     label = {t["trial_id"]: _label(t) for t in comp["trials"]}
     width = max(len(x) for x in label.values())
     lines += [f"  {label[t['trial_id']].ljust(width)}  test {_pct(t['test_acc'], t['test_ci95'])}" + (
@@ -217,8 +217,12 @@ def artifacts(exp: Path) -> dict[str, Path]:
 
 
 def figures(summary: dict[str, Any]) -> dict[str, Any]:
-    from mtl.tracking import (plot_paired_differences, plot_parallel_coordinates, plot_param_importance,
-                              plot_validation_curves)
+    from mtl.tracking import (
+        plot_paired_differences,
+        plot_parallel_coordinates,
+        plot_param_importance,
+        plot_validation_curves,
+    )
 
     labelled = [{**t, "trial_id": t["trial_id"] + " (baseline)"} if t.get("baseline") else t for t in summary["trials"]]
     figs = {"validation_curves.png": plot_validation_curves(labelled)}

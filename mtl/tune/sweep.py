@@ -106,7 +106,7 @@ def _write_report(summary: dict[str, Any], exp: Any, figs: dict[str, Any]) -> No
     try:
         path = write_report(summary, exp, figs)
         log.info("report: %s", path)
-    except Exception:  # noqa: BLE001 - the sweep's results are written already
+    except Exception:  # the sweep's results are written already
         log.exception("could not write the sweep's report; `python -m mtl report %s` tries again", exp)
 
 
@@ -135,6 +135,7 @@ def build_tuner(launch: Launch, resources: dict[str, float], callbacks: list[Any
     sampler = (TPESampler(seed=t.seed, n_startup_trials=t.n_startup_trials) if t.searcher == "optuna"
                else RandomSampler(seed=t.seed))
     point = spec.baseline_point()  # the base config, proposed first (Optuna's enqueued trial)
+    searcher = OptunaSearch(sampler=sampler, points_to_evaluate=[point] if point else None)
     scheduler = (ASHAScheduler(time_attr=t.time_attr, max_t=spec.max_t, grace_period=t.grace_period,
                                reduction_factor=t.reduction_factor) if t.scheduler == "asha" else FIFOScheduler())
     # With a searcher Ray Tune keeps one trial pending at a time, so trials would start one after
@@ -143,8 +144,7 @@ def build_tuner(launch: Launch, resources: dict[str, float], callbacks: list[Any
     return tune.Tuner(
         trainable,
         param_space=spec.param_space(),
-        tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, search_alg=OptunaSearch(sampler=sampler,
-                                                                                points_to_evaluate=[point] if point else None),
+        tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, search_alg=searcher,
                                     scheduler=scheduler, num_samples=t.num_samples,
                                     max_concurrent_trials=t.max_concurrent,
                                     reuse_actors=True,
