@@ -110,6 +110,23 @@ def test_the_baseline_is_the_base_config_or_turned_off(tmp_path):
     assert off.baseline_point() is None
 
 
+def test_dry_run_states_what_runs_after_the_search(tmp_path):
+    from mtl.tune.preflight import describe
+    from mtl.tune.spec import load_spec
+
+    spec = load_spec(_spec_file(tmp_path, "  meta.inner_lr: {loguniform: [0.02, 0.5]}\n"),
+                     [f"storage={tmp_path}", "tune.final_seeds=3", "tune.num_samples=8", "meta.epochs=5"])
+    text = describe(spec)
+    assert "baseline: trial 1 is the base config (meta.inner_lr=0.05)" in text
+    assert "the winner, the next 2 and the baseline tested on the same 600 test episodes (at most 4 test passes" in text
+    assert ("final seeds: 3 per config: 4 more meta-trainings (2 each for the winner and the baseline, up to 5 epochs "
+            "of 25 batches, no pretraining)") in text and "the cost of 4 of the 8 trials run to their end" in text
+    off = load_spec(_spec_file(tmp_path, "  meta.inner_lr: {loguniform: [0.2, 0.5]}\n", "tune: {baseline: false}\n"),
+                    [f"storage={tmp_path}"])
+    assert "baseline: none (tune.baseline: false)" in describe(off)
+    assert "final seeds: 1 per config (the search's own runs" in describe(off)
+
+
 def _row(tid, acc, seq, lr, ck=True, **kw):
     return {"trial_id": tid, "seq": seq, "config": {"meta.inner_lr": lr}, "best_val_acc": acc, "val_acc": acc,
             "best_val_ci95": 0.02, "val_ci95": 0.02, "checkpoint": f"/ck/{tid}" if ck else None, "epoch": 4,

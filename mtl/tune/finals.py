@@ -218,7 +218,7 @@ def comparison(finals: dict[str, Any], spec: Any) -> dict[str, Any]:
                  "shared_features": r.get("shared_features", False), "stopped_early": t["stopped_early"],
                  "epoch": t["epoch"], "planned_epochs": t["planned_epochs"]}
         if t["trial_id"] != win:
-            same = r["episodes_key"] == w["episodes_key"]
+            same = r["episodes_key"] == w["episodes_key"] and len(w["accs"]) > 1
             entry["vs_winner"] = paired(w["accs"], r["accs"]) if same else None
             entry["val_vs_winner"] = _val_pairs(w, r)
         entries.append(entry)
