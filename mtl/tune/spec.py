@@ -9,14 +9,15 @@ A spec is YAML::
       meta.inner_lr: {loguniform: [1.0e-3, 1.0e-1]}
       meta.inner_steps: {int: [5, 40]}
       hard_tasks.ratio: {uniform: [0.0, 0.5]}
-    tune: {num_samples: 32, max_concurrent: 8, grace_period: 5}
+    tune: {num_samples: 32, max_concurrent: 8, grace_period: 5}   # baseline, compare_top, final_seeds: see README
     resources: {cpu: 4, gpu: 0.25}
     storage: ray_results
     mlflow: {tracking_uri: null}
 
 Everything is checked before Ray starts: unknown keys, distributions and their arguments,
 and every bound or choice of the space applied to the base config (so a value the config
-would reject fails here, naming the space key).
+would reject fails here, naming the space key), and, unless ``tune.baseline: false``, that each
+space key's base value is one the space can draw (the baseline trial is the base config).
 """
 
 import math
