@@ -97,7 +97,7 @@ class Dist:
     def contains(self, value: Any) -> bool:
         """Whether the distribution can draw ``value`` (a choice, or a number within the range)."""
         if self.kind == "choice":
-            return any(_numbers_equal(value, a) or value == a for a in self.args)
+            return any(value == a for a in self.args)  # 10 == 10.0: numbers compare by value
         return _number(value) and self.args[0] <= value <= self.args[1]
 
     def to_ray(self) -> Any:
@@ -236,10 +236,6 @@ def _check_baseline(spec: SweepSpec) -> None:
 
 def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _numbers_equal(a: Any, b: Any) -> bool:
-    return _number(a) and _number(b) and float(a) == float(b)
 
 
 def _replace_storage(s: SweepSettings) -> SweepSettings:
