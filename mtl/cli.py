@@ -1,5 +1,5 @@
-"""``python -m mtl train CONFIG``, ``python -m mtl evaluate CHECKPOINT`` and
-``python -m mtl predict CHECKPOINT --support DIR --query PATH...``.
+"""``python -m mtl train CONFIG``, ``python -m mtl evaluate CHECKPOINT``,
+``python -m mtl predict CHECKPOINT --support DIR --query PATH...`` and ``python -m mtl report STORAGE/NAME``.
 
 Errors in the user's input print one line (``error: ...``) and exit with status 2.
 """
@@ -10,8 +10,8 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from mtl.configs import packaged_configs
 from mtl.errors import MTLError
@@ -46,7 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", metavar="CSV", help="also write the predictions (and every class's probability) here")
     pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override eval.inner_steps, eval.protocol or runtime.device, e.g. --set runtime.device=cpu")
-    for p in (tr, ev, pr):
+    rp = sub.add_parser("report", help="write a finished sweep's report.html (and attach it to its MLflow run)")
+    rp.add_argument("sweep", help="the sweep's folder, STORAGE/NAME (it holds summary.json)")
+    rp.add_argument("--no-mlflow", action="store_true", help="do not attach the report to the sweep's MLflow run")
+    for p in (tr, ev, pr, rp):
         p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the result")
     return ap
 
@@ -56,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        return {"train": _train, "evaluate": _evaluate, "predict": _predict}[args.command](args)
+        return {"train": _train, "evaluate": _evaluate, "predict": _predict, "report": _report}[args.command](args)
     except MTLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -133,4 +136,21 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"{p.query.ljust(width)}  {p.label}  {p.probability:.3f}")
     if args.out:
         write_text_atomic(args.out, to_csv(preds))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from mtl.report import attach_to_run, load_summary, write_report
+
+    summary = load_summary(args.sweep)
+    path = write_report(summary, args.sweep)
+    print(f"report: {path}")
+    if not args.no_mlflow:
+        try:
+            run = attach_to_run(summary, path)
+        except Exception as e:  # noqa: BLE001 - the file is written; the store is a convenience here
+            log.warning("could not attach the report to the sweep's MLflow run: %s", str(e).splitlines()[0][:200])
+        else:
+            if run:
+                print(f"attached to MLflow run {run}")
     return 0

@@ -17,14 +17,27 @@ or a section's ``pretraining = True``); :func:`pretraining_keys` lists them and 
 cache key is derived from them.
 """
 
-from typing import Any, ClassVar, Literal, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from mtl.errors import ConfigError
 from mtl.registry import BACKBONES, DATASETS, HEAD_INITS, NORMALIZATIONS, RECIPES
-from mtl.schema import (Section, as_mapping, at_least, choice, fail, fields, flatten, in_range, load, marked,
-                        positive, pretraining_field)
+from mtl.schema import (
+    Section,
+    as_mapping,
+    at_least,
+    choice,
+    fail,
+    fields,
+    flatten,
+    in_range,
+    load,
+    marked,
+    positive,
+    pretraining_field,
+)
 from mtl.schema import check_key as schema_check_key
 
 Count = at_least(1)
@@ -54,10 +67,10 @@ class Omniglot(Section):
 
 class Data(Section):
     dataset: choice(DATASETS) = pretraining_field("synthetic")
-    root: Optional[str] = pretraining_field(None)  # dataset folder; enters the pretraining key as the dataset's fingerprint
+    root: str | None = pretraining_field(None)  # dataset folder; enters the pretraining key as the dataset's fingerprint
     image_size: at_least(16, " pixels") = pretraining_field(32)  # images are resized to image_size x image_size
     normalization: choice(NORMALIZATIONS) = pretraining_field("pt")
-    cache_dir: Optional[str] = None  # uint8 array cache; default $MTL_CACHE_DIR or ~/.cache/mtl
+    cache_dir: str | None = None  # uint8 array cache; default $MTL_CACHE_DIR or ~/.cache/mtl
     synthetic: Synthetic = Field(default_factory=Synthetic)
     omniglot: Omniglot = Field(default_factory=Omniglot)
 
@@ -115,7 +128,7 @@ class Pretrain(Section):
     val_episodes: Count = 600
     probe_steps: Count = 100
     probe_lr: LearningRate = 0.01
-    checkpoint: Optional[str] = None  # an existing pretrained backbone: skip pretraining
+    checkpoint: str | None = None  # an existing pretrained backbone: skip pretraining
 
     @model_validator(mode="before")
     @classmethod
@@ -160,8 +173,8 @@ class EvalData(Section):
     """The test set (cross-domain evaluation): by default the training data's test split. Another
     dataset is read at the trained model's ``data.image_size`` and ``data.normalization``."""
 
-    dataset: Optional[choice(DATASETS)] = None  # None: data.dataset
-    root: Optional[str] = None  # None: data.root when the dataset is data.dataset's
+    dataset: choice(DATASETS) | None = None  # None: data.dataset
+    root: str | None = None  # None: data.root when the dataset is data.dataset's
     split: Literal["train", "val", "test"] = "test"
 
 
@@ -184,7 +197,7 @@ class Runtime(Section):
     precision: Literal["fp32", "bf16"] = pretraining_field("fp32")  # autocast for the backbone
     # faster for these convnets on GPUs and on CPUs (2x training on a 2-core CPU)
     channels_last: bool = pretraining_field(True)
-    threads: Optional[Count] = None  # torch CPU threads; None leaves torch's default
+    threads: Count | None = None  # torch CPU threads; None leaves torch's default
     data_on_device: bool = True  # keep the uint8 image cache on the device
     progress: bool = True  # progress bars (only when stderr is a terminal)
 

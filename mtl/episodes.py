@@ -34,7 +34,7 @@ class Episodes:
     def __len__(self) -> int:
         return self.classes.shape[0]
 
-    def __getitem__(self, sl: slice) -> "Episodes":
+    def __getitem__(self, sl: slice) -> Episodes:
         return Episodes(self.support[sl], self.query[sl], self.classes[sl], self.shot, self.n_query)
 
     def labels(self, per_class: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -20,19 +20,20 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.config import Config, config_from_dict, eval_query
 from mtl.configs import save_config
+from mtl.data.evalset import describe, eval_data, index_eval, is_cross_domain
 from mtl.errors import MTLError
 from mtl.files import write_json_atomic
 from mtl.runtime import make_env
 from mtl.schema import dotted
-from mtl.data.evalset import describe, eval_data, index_eval, is_cross_domain
 from mtl.trial import load_data, load_test, pretrain_store, run_trial, test_checkpoint
 
 log = logging.getLogger(__name__)

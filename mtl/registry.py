@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from mtl.errors import ConfigError
 
@@ -26,7 +27,7 @@ class Registry(Generic[T]):
         """Decorator (or call on a value): ``@BACKBONES.register()`` registers under the function's name."""
 
         def deco(entry: T) -> T:
-            key = name or getattr(entry, "__name__")
+            key = name or entry.__name__
             if key in self._entries:
                 raise ValueError(f"{self.kind} {key!r} registered twice")
             self._entries[key] = entry

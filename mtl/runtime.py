@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 import torch
 
@@ -77,7 +78,7 @@ class RngStream:
     def _devices(self) -> list[torch.device]:
         return [self.env.device] if self.env.cuda else []
 
-    def __enter__(self) -> "RngStream":
+    def __enter__(self) -> RngStream:
         self._fork = torch.random.fork_rng(devices=self._devices())
         self._fork.__enter__()
         set_rng_state(self.env, self.state)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -32,8 +33,8 @@ from mtl.models.scale_shift import load_meta_state, set_bn_mode
 from mtl.phases.evaluate import Embedder, evaluate
 from mtl.phases.meta import MetaTrainer, build_meta_model
 from mtl.phases.pretrain import Pretrainer
-from mtl.runtime import Env, make_env
 from mtl.pretraining import PretrainCache
+from mtl.runtime import Env, make_env
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,20 @@ def run_trial(cfg: Config, *, store: str | Path, report: Report, resume: dict[st
     return trainer
 
 
+class _Replay:
+    """An Embedder whose batches of features are kept in ``store`` on the first pass over a bank
+    of episodes and read back on the next ones (evaluations with the same feature extractor)."""
+
+    def __init__(self, embed: Embedder, store: list) -> None:
+        self.embed, self.env, self.store, self.calls = embed, embed.env, store, 0
+
+    def __call__(self, source, eps, flip_support: bool = False):
+        if self.calls == len(self.store):
+            self.store.append(self.embed(source, eps, flip_support))
+        self.calls += 1
+        return self.store[self.calls - 1]
+
+
 def meta_model(ck: dict[str, Any], cfg: Config, env: Env) -> tuple[Embedder, HeadInit]:
     """A meta checkpoint's best state, ready to evaluate: the embedder (scale-shifted backbone in
     evaluation mode, the trained normalisation) and the meta-learned head initialisation."""
@@ -189,10 +204,16 @@ def meta_model(ck: dict[str, Any], cfg: Config, env: Env) -> tuple[Embedder, Hea
     return embed, head
 
 
-def test_checkpoint(ck: dict[str, Any], cfg: Config, env: Env, split) -> dict[str, Any]:
+def test_checkpoint(ck: dict[str, Any], cfg: Config, env: Env, split, features: list | None = None) -> dict[str, Any]:
     """Few-shot accuracy (mean, 95% CI, per episode) of a meta checkpoint's best state on ``split``:
-    ``cfg.eval.episodes`` episodes of the test bank of ``cfg.eval.seed`` (:func:`~mtl.episodes.bank_seed`)."""
+    ``cfg.eval.episodes`` episodes of the test bank of ``cfg.eval.seed`` (:func:`~mtl.episodes.bank_seed`).
+
+    ``features``: a list shared by the evaluations of one feature extractor (the same backbone,
+    learnt scale and shift and BN mode) on the same episodes: the first fills it, the others
+    adapt their heads on its features without running the backbone again."""
     embed, head = meta_model(ck, cfg, env)
+    if features is not None:
+        embed = _Replay(embed, features)
     e, m = cfg.eval, cfg.meta
     episodes = episode_bank(split.offsets, m.way, m.shot, eval_query(m, e), e.episodes,
                             bank_seed(e.seed, "test"))

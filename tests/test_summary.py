@@ -112,7 +112,7 @@ def test_dry_run_checks_the_data_and_shows_what_applies(tmp_path):
     assert "    synthetic:" in text and "warning: resources.cpu = 4096 is more than this machine's" in text
     spec = tmp_path / "mini.yaml"
     spec.write_text("base: mini_1shot\nconfig: {data: {root: /nonexistent/mini}}\nspace:\n"
-                    "  meta.inner_lr: {loguniform: [0.02, 0.5]}\n")
+                    "  meta.inner_lr: {loguniform: [0.005, 0.5]}\n")
     mini = load_spec(spec, [f"storage={tmp_path / 'res'}"])
     assert "synthetic:" not in describe(mini) and "dataset: mini" in describe(mini)
     with pytest.raises(MTLError, match="miniImageNet not found under /nonexistent/mini"):

@@ -512,6 +512,23 @@ def test_bookkeeping_is_tagged_not_plotted(store):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "lr_head")] == [1, 2]
 
 
+def test_the_first_proposed_trial_is_tagged_baseline(store):
+    """A sweep with a baseline: its first trial (sequence 1, the enqueued base config) is tagged
+    ``baseline = true``, no other is; a tracker Ray unpickles (a restored Tuner) still knows."""
+    tracker = pickle.loads(pickle.dumps(SweepTracker(store[0], "baseline-test", "sweep-bl", baseline=True)))
+    tracker.start({})
+    cb = tracker.callback()
+    for tid, tag in (("t1", "1_meta.inner_lr=0.1"), ("t2", "2_meta.inner_lr=0.3"), ("t10", "10_meta.inner_lr=0.2")):
+        cb.on_trial_start(0, [], FakeTrial(tid, {"meta.inner_lr": 0.1}, experiment_tag=tag))
+    client = mlflow.MlflowClient(store[0])
+    tags = {tid: client.get_run(rid).data.tags for tid, rid in tracker.children.items()}
+    assert {tid for tid, t in tags.items() if t.get("baseline") == "true"} == {"t1"}
+    plain = SweepTracker(store[0], "baseline-test", "sweep-none")  # tune.baseline: false
+    plain.start({})
+    plain.callback().on_trial_start(0, [], FakeTrial("u1", {}, experiment_tag="1_x"))
+    assert "baseline" not in client.get_run(plain.children["u1"]).data.tags
+
+
 def test_finish_marks_one_winner_and_describes_the_sweep(store, caplog):
     uri = store[0]
     first = SweepTracker(uri, "best-test", "sweep-w")
@@ -576,7 +593,7 @@ def test_trial_row_holds_the_summary_keys():
     row = trial_row("t1", {"meta.inner_lr": 0.1}, {"epoch": 2, "val_acc": 0.32, "best_val_acc": 0.32,
                                                   "val_ci95": 0.02, "train_loss": 0.9}, None, 4,
                     checkpoint="/ck", history=history)
-    assert row == {"trial_id": "t1", "config": {"meta.inner_lr": 0.1}, "val_acc": 0.32, "best_val_acc": 0.32,
+    assert row == {"trial_id": "t1", "seq": None, "config": {"meta.inner_lr": 0.1}, "val_acc": 0.32, "best_val_acc": 0.32,
                    "val_ci95": 0.02, "best_val_ci95": None, "train_loss": 0.9, "epoch": 2, "planned_epochs": 4,
                    "outcome": "stopped_early", "stopped_early": True, "error": None, "checkpoint": "/ck",
                    "history": [{"epoch": 1, "val_acc": 0.31}, {"epoch": 2, "val_acc": 0.32}]}

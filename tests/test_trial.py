@@ -70,6 +70,39 @@ def test_second_trial_reuses_the_store_and_resumes_exactly(trial):
     run_trial(cfg, store=store, report=resumed, resume=stopped.checkpoints[0])
     assert [r["epoch"] for r in resumed.rows] == [2, 3]
     assert _strip(stopped.rows + resumed.rows) == _strip([r for r in rec.rows if r["phase"] == "meta"])
+    assert resumed.checkpoints[-1]["val_accs"] == rec.checkpoints[-1]["val_accs"]  # per episode, every epoch
+
+
+def test_validation_is_kept_per_episode_and_alike_trials_embed_the_test_episodes_once(trial, tmp_path, monkeypatch):
+    """The paired comparisons after a sweep (mtl.tune.finals): each epoch's per-episode accuracies
+    on the validation bank travel in the checkpoint, and trials with the same feature extractor
+    (here: one checkpoint twice) are tested on the same episodes with one backbone pass."""
+    import math
+
+    from mtl.checkpoint import save_checkpoint
+    from mtl.phases.evaluate import Embedder
+    from mtl.tune import cluster, finals
+
+    cfg, store, rec, _ = trial
+    ck = rec.checkpoints[-1]
+    meta_rows = [r for r in rec.rows if r["phase"] == "meta"]
+    assert [v["epoch"] for v in ck["val_accs"]] == [1, 2, 3]
+    for v, row in zip(ck["val_accs"], meta_rows):
+        assert len(v["accs"]) == cfg.eval.val_episodes
+        assert sum(v["accs"]) / len(v["accs"]) == pytest.approx(row["val_acc"])
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        save_checkpoint(tmp_path / name / "meta_state.pt", ck if name != "c" else rec.checkpoints[0])
+    calls = []
+    real = Embedder.__call__
+    monkeypatch.setattr(Embedder, "__call__", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    monkeypatch.setattr(cluster, "setup_worker_logging", lambda name=None: None)  # a Ray worker's, not pytest's
+    out = finals.compare_task([(n, str(tmp_path / n)) for n in ("a", "b", "c")], str(store),
+                              {"a": str(tmp_path / "best.pt")})
+    assert out["a"]["accs"] == out["b"]["accs"] and out["a"]["shared_features"] and not out["c"]["shared_features"]
+    assert len(calls) == 2 * math.ceil(cfg.eval.episodes / cfg.eval.batch_episodes)  # a and b share one pass
+    assert len(out["a"]["accs"]) == cfg.eval.episodes and out["a"]["episodes_key"] == out["c"]["episodes_key"]
+    assert out["a"]["val_accs"] == ck["val_accs"] and (tmp_path / "best.pt").is_file()
 
 
 def test_resume_on_another_backbone_is_refused(trial, tmp_path):

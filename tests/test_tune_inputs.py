@@ -53,7 +53,8 @@ CASES = {
                         ["Ray cluster at 127.0.0.1:", "unreachable", "ray start --head", "drop --address"]),
     "mlflow-unreachable": (None, ["--set", "mlflow.tracking_uri=http://127.0.0.1:{port}"],
                            ["MLflow tracking URI http://127.0.0.1:", "unreachable", "mlflow server"]),
-    "missing-dataset-root": ("base: mini_1shot\nconfig: {data: {root: /nonexistent/mini}}\nspace:\n" + SPACE_OK, [],
+    "missing-dataset-root": ("base: mini_1shot\nconfig: {data: {root: /nonexistent/mini}}\nspace:\n"
+                             "  meta.inner_lr: {loguniform: [0.005, 0.5]}\n", [],
                              ["miniImageNet not found under /nonexistent/mini", "expected ROOT/"]),
     "dataset-root-unset": ("base: mini_1shot\nspace:\n" + SPACE_OK, [],
                            ["data.root is not set", "--set data.root="]),
@@ -62,6 +63,11 @@ CASES = {
     "eval-data-missing": (None, ["--set", "eval.data.dataset=omniglot", "--set", "eval.data.root=/nonexistent/omni"],
                           ["Omniglot not found under /nonexistent/omni", "expected ROOT/omniglot-py/images_back"]),
     "spec-missing": ("MISSING", [], ["not found", "give the path of a YAML file"]),
+    "baseline-outside-space": (_spec("  meta.inner_lr: {loguniform: [0.2, 0.5]}\n"), [],
+                               ["space meta.inner_lr", "base config's value 0.1 lies outside loguniform[0.2, 0.5]",
+                                "baseline trial", "tune.baseline: false"]),
+    "baseline-not-a-choice": (_spec("  hard_tasks.ratio: {choice: [0.0, 0.5]}\n"), [],
+                              ["space hard_tasks.ratio", "0.3333333333 lies outside choice[0.0, 0.5]"]),
     "unknown-backbone-set": (None, ["--set", "model.backbone=resnet13"],
                              ["model.backbone", "unknown backbone 'resnet13'", "did you mean resnet12"]),
     "unknown-backbone-in-space": (_spec("  model.backbone: {choice: [tiny, resnet13]}\n"), [],
@@ -175,7 +181,8 @@ def test_quantised_distribution_on_int_field_needs_whole_steps(tmp_path):
     assert _load(tmp_path, "  meta.inner_steps: {quniform: [2, 10, 2]}\n").space["meta.inner_steps"].kind == "quniform"
     with pytest.raises(ConfigError, match="takes whole numbers"):
         _load(tmp_path, "  meta.inner_steps: {quniform: [2, 10, 0.5]}\n")
-    assert _load(tmp_path, "  meta.inner_lr: {int: [1, 3]}\n").space  # ints are fine for a float field
+    # ints are fine for a float field (the base's 0.1 is outside: no baseline trial then)
+    assert _load(tmp_path, "  meta.inner_lr: {int: [1, 3]}\n", ["tune.baseline=false"]).space
 
 
 def test_val_every_is_fine_for_a_metric_reported_every_epoch(tmp_path):

@@ -9,8 +9,8 @@ most and whenever a trial has checkpointed ``num_to_keep`` times since the last 
 Ctrl+C / SIGTERM stop it gracefully instead; see test_tune_sweep.py.)
 
 Then ``--resume``: finished trials are not rerun, unfinished ones continue from their
-checkpoints, the searcher keeps its state (no trials beyond num_samples) and MLflow runs are
-reattached, not duplicated. No Ray process may outlive the test.
+checkpoints, the searcher keeps its state (no trials beyond num_samples, the baseline trial not
+proposed again) and MLflow runs are reattached, not duplicated. No Ray process may outlive the test.
 """
 
 from __future__ import annotations
@@ -101,6 +101,13 @@ def test_sweep_killed_mid_way_resumes_where_it_stopped():
         assert len({json.dumps(t["config"], sort_keys=True) for t in trials.values()}) == SAMPLES
         assert all(t["outcome"] == "completed" and t["epoch"] == EPOCHS for t in trials.values()), trials
         assert summary["resources"] == {"cpu": 1.0, "gpu": 0.0}
+        # the baseline stayed the one trial with the base values (not proposed again on resume), and
+        # the comparison after the search holds each trial once
+        (base,) = [t for t in trials.values() if t["baseline"]]
+        assert base["seq"] == 1 and summary["baseline"]["trial_id"] == base["trial_id"]
+        assert [t["config"] == summary["baseline"]["config"] for t in trials.values()].count(True) == 1
+        compared = [t["trial_id"] for t in summary["comparison"]["trials"]]
+        assert len(compared) == len(set(compared)) == 3 + (base["trial_id"] not in compared[:3])
         assert summary["best"]["test_acc"] > 0.2
 
         after = {tid: results(trial_dirs(exp)[tid]) for tid in trials}

@@ -93,7 +93,8 @@ def test_smoke_sweep_end_to_end(ray_local, store, tmp_path):
     epochs = 4
     # one trial at a time: the seeded sampler, deterministic CPU training and ASHA then take the same
     # decisions on every run, whatever the machine's load (concurrency: the quarter-GPU test)
-    spec = _spec(tmp_path, store, [f"meta.epochs={epochs}", "tune.num_samples=6", "tune.max_concurrent=1"])
+    spec = _spec(tmp_path, store, [f"meta.epochs={epochs}", "tune.num_samples=6", "tune.max_concurrent=1",
+                                   "tune.final_seeds=2"])
     assert spec.tune.scheduler == "asha" and spec.tune.searcher == "optuna" and spec.tune.max_concurrent == 1
     summary = run_sweep(spec)
     exp = spec.experiment_dir
@@ -130,8 +131,19 @@ def test_smoke_sweep_end_to_end(ray_local, store, tmp_path):
     assert {t["planned_epochs"] for t in trials} == {epochs}
     assert (exp / "best" / "meta_state.pt").is_file() and (exp / "best" / "config.yaml").is_file()
 
+    _check_searching_helped_or_not(spec, summary, store)
+    # a driver that died after the search, before summary.json: --resume runs nothing twice
+    final = {p.name: p.stat().st_mtime_ns for p in (exp / "final").iterdir()}
+    (exp / "summary.json").unlink()
+    again = run_sweep(spec, resume=True)
+    assert {p.name: p.stat().st_mtime_ns for p in (exp / "final").iterdir()} == final
+    for key in ("baseline", "comparison", "final_seeds", "best", "verdict"):
+        assert json.loads(json.dumps(again[key])) == json.loads(json.dumps(summary[key])), key
+    assert sorted((t["trial_id"], t["baseline"]) for t in again["trials"]) == sorted(
+        (t["trial_id"], t["baseline"]) for t in trials)
+
     # pretraining: one shared entry, built once (by the driver, before the trials); every
-    # trial found it in the cache
+    # trial found it in the cache, and so did the seed runs after the search
     builds = [json.loads(x) for x in (exp / "pretrain_cache" / "builds.log").read_text().splitlines()]
     assert len(builds) == 1 and builds[0]["built_by"] == "driver"
     entry = json.loads((exp / "pretrain_cache" / builds[0]["key"] / "info.json").read_text())
@@ -160,6 +172,60 @@ def test_smoke_sweep_end_to_end(ray_local, store, tmp_path):
         assert [m.step for m in history] == list(range(1, t["epoch"] + 1))
         assert history[-1].value == pytest.approx(t["val_acc"])
         assert float(child.data.params["meta.inner_lr"]) == pytest.approx(t["config"]["meta.inner_lr"])
+
+
+def _check_searching_helped_or_not(spec, summary, store):
+    """The smoke sweep's baseline, paired comparison, seed runs and report (issue: did searching help)."""
+    from mtl.cli import main
+    from mtl.report import FIGURE_TITLES, SECTIONS
+
+    exp, trials, best = spec.experiment_dir, summary["trials"], summary["best"]
+    # the baseline: the searcher's first trial, with the base config's values, run before any other
+    (base,) = [t for t in trials if t["baseline"]]
+    assert base["seq"] == 1 and base["config"] == spec.baseline_point() == {
+        "meta.inner_lr": 0.1, "meta.inner_steps": 10, "hard_tasks.ratio": 0.3333333333}
+    assert summary["baseline"] == {"trial_id": base["trial_id"], "config": base["config"]}
+    firsts = {tid: results(d)[0]["timestamp"] for tid, d in trial_dirs(exp).items()}
+    assert firsts[base["trial_id"]] == min(firsts.values())
+
+    # the winner, the next two by validation accuracy and the baseline, on the same 40 test episodes
+    comp = summary["comparison"]
+    ranked = sorted((t for t in trials if t["checkpoint"]), key=lambda t: -t["best_val_acc"])
+    ids = [t["trial_id"] for t in comp["trials"]]
+    assert ids[:3] == [t["trial_id"] for t in ranked[:3]] and base["trial_id"] in ids and len(set(ids)) == len(ids)
+    assert comp["episodes"] == 40 and comp["trials"][0]["test_acc"] == best["test_acc"]
+    for t in comp["trials"][1:]:
+        d = t["vs_winner"]
+        assert d["episodes"] == 40 and d["ci_low"] <= d["diff"] <= d["ci_high"] and 0 <= d["p"] <= 1
+        shared = min(t["epoch"], comp["trials"][0]["epoch"])
+        assert [v["epoch"] for v in t["val_vs_winner"]] == list(range(1, shared + 1))  # every epoch both ran
+    assert all(f"{k}=" in summary["verdict"] for k in best["config"])  # it names the best config
+
+    # one more seed each for the winner and the baseline, on their own pretraining
+    seeds = summary["final_seeds"]
+    assert [t["trial_id"] for t in seeds["trials"]] == list(dict.fromkeys([best["trial_id"], base["trial_id"]]))
+    files = sorted(p.name for p in (exp / "final").glob("seed-*.json"))
+    assert files == sorted(f"seed-{t['trial_id']}-1.json" for t in seeds["trials"])
+    for t in seeds["trials"]:
+        assert [r["seed"] for r in t["runs"]] == [0, 1] and t["runs"][1]["epochs"] == 4 and len(t["backbones"]) == 1
+        # the same config with another seed, on the same episodes: no real difference
+        d = t["reseed_vs_search"]
+        assert d["ci_low"] <= 0 <= d["ci_high"], d
+
+    # the report: every section, every figure inline, in the sweep folder and on the parent run
+    page = (exp / "report.html").read_text()
+    assert all(f">{title}</h2>" in page for title in SECTIONS)
+    assert all(f'<figure id="{name.removesuffix(".png")}"><img' in page for name in FIGURE_TITLES)
+    client = mlflow.MlflowClient(store)
+    parent = summary["mlflow"]["parent_run_id"]
+    assert "report.html" in [a.path for a in client.list_artifacts(parent)]
+    assert "figures/parallel_coordinates.png" in [a.path for a in client.list_artifacts(parent, "figures")]
+    (child,) = [r for r in _runs(store, spec.name)[2] if r.data.tags.get("baseline") == "true"]
+    assert child.data.tags["trial_id"] == base["trial_id"]
+    if not best["baseline"]:
+        assert 0 <= client.get_run(parent).data.metrics["winner_vs_baseline_p"] <= 1
+    (exp / "report.html").unlink()
+    assert main(["report", str(exp), "-q"]) == 0 and (exp / "report.html").read_text().count("<h2") == len(SECTIONS)
 
 
 def test_quarter_gpus_run_four_trials_at_once_and_share_pretraining(ray_local, store, tmp_path, monkeypatch):

@@ -59,10 +59,10 @@ def run(s: BenchSettings, json_path: str | None = None, command: Sequence[str] =
     also written to ``json_path`` after every figure."""
     from mtl.bench import figures as F
     from mtl.bench.report import targets
-    from mtl.files import write_json_atomic
     from mtl.bench.timing import Plan, device_info, release
     from mtl.bench.trials import concurrent_trials
     from mtl.bench.workload import build, describe, overrides
+    from mtl.files import write_json_atomic
 
     t0 = time.perf_counter()
     over = overrides(s)

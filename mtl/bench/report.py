@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-
 # The targets (checkable on a GPU; set for resnet25 at 80 px, bf16 + channels_last).
 PRETRAIN_MIN_RATIO = 0.85  # pretraining throughput >= 0.85 x floor throughput
 META_MAX_RATIO = 1.25  # meta-training step time <= 1.25 x floor time for its batch

@@ -15,8 +15,9 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 # the lengths of a shortened run: few pretraining epochs, 1,000 outer updates, smaller validation
 # banks; the test keeps the preset's episode count, so its interval is the preset's

@@ -9,9 +9,10 @@ resolved config is what :func:`save_config` writes next to a result.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -31,7 +32,7 @@ def find_config(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if p.is_file():
         return p
-    name = p.name[:-5] if p.name.endswith(".yaml") else p.name
+    name = p.name.removesuffix(".yaml")
     if str(p.parent) in ("", "."):
         packaged = resources.files(__name__) / f"{name}.yaml"
         if packaged.is_file():

@@ -11,4 +11,4 @@ set can come from another dataset (:mod:`mtl.data.evalset`).
 from mtl.data.datasets import dataset_fingerprint, index_split, index_splits, load_split, split_stats
 from mtl.data.splits import Split, SplitIndex
 
-__all__ = ["SplitIndex", "Split", "index_split", "index_splits", "load_split", "split_stats", "dataset_fingerprint"]
+__all__ = ["Split", "SplitIndex", "dataset_fingerprint", "index_split", "index_splits", "load_split", "split_stats"]

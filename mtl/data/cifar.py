@@ -33,10 +33,8 @@ FC100_COARSE = {
 
 # Bertinetto et al.'s CIFAR-FS val and test classes (R2D2 code, splits/bertinetto/*.txt); train: the other 64
 CIFAR_FS_CLASSES = {
-    "val": ("beaver beetle butterfly camel cattle crab crocodile flatfish lamp maple_tree motorcycle otter "
-            "sea shark television tractor").split(),
-    "test": ("baby bed bicycle chimpanzee fox leopard man pickup_truck plain poppy rocket rose snail "
-             "sweet_pepper table telephone wardrobe whale woman worm").split(),
+    "val": ["beaver", "beetle", "butterfly", "camel", "cattle", "crab", "crocodile", "flatfish", "lamp", "maple_tree", "motorcycle", "otter", "sea", "shark", "television", "tractor"],
+    "test": ["baby", "bed", "bicycle", "chimpanzee", "fox", "leopard", "man", "pickup_truck", "plain", "poppy", "rocket", "rose", "snail", "sweet_pepper", "table", "telephone", "wardrobe", "whale", "woman", "worm"],
 }
 CIFAR_FS_SIZES = {"train": 64, "val": 16, "test": 20}
 

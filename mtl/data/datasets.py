@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+
 import numpy as np
 
 from mtl.config import Data
 from mtl.data import cache, formats
 from mtl.data.cifar import cifar100_dir, cifar100_source
+from mtl.data.decode import LazyDecoder
 from mtl.data.omniglot import LAYOUT as OMNIGLOT_LAYOUT
 from mtl.data.omniglot import omniglot_dir, omniglot_source
 from mtl.data.pickles import METAOPTNET_FILES, TIERED_FILES, metaoptnet_source, tiered_pickle_source
-from mtl.data.decode import LazyDecoder
 from mtl.data.splits import Split, SplitIndex, split_from_arrays
 from mtl.data.synthetic import synthetic_index
 from mtl.errors import DataError

@@ -23,8 +23,9 @@ from __future__ import annotations
 import io
 import threading
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Callable, Sequence
+from typing import IO
 
 import numpy as np
 from PIL import Image

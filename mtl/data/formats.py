@@ -23,9 +23,10 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class Source:
     cheap: bool  # True: listing() costs nothing more (the scan is done)
 
 
-def hasher(kind: str, split: str, size: int) -> "hashlib._Hash":
+def hasher(kind: str, split: str, size: int) -> hashlib._Hash:
     h = hashlib.sha256()
     h.update(json.dumps([kind, FORMAT_VERSION, split, size]).encode())
     return h
@@ -62,7 +63,7 @@ def subfolders(path: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(path) if not e.name.startswith(".") and e.is_dir())
 
 
-def class_images(class_dir: Path, name: str, h: "hashlib._Hash", what: str = "class folder") -> list[str]:
+def class_images(class_dir: Path, name: str, h: hashlib._Hash, what: str = "class folder") -> list[str]:
     """The image files of one class folder, by file name, each entered in ``h`` as ``name/<file>``
     with its size and time; a folder without images is a DataError."""
     files = sorted((e for e in os.scandir(class_dir) if is_image_name(e.name) and e.is_file()), key=lambda e: e.name)

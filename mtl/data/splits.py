@@ -18,7 +18,6 @@ from typing import Protocol
 import numpy as np
 import torch
 
-
 # Bumped whenever decoding (mode conversion, resizing, synthetic rendering) or the cache
 # layout changes: it is part of every fingerprint, so old cache entries stop matching.
 FORMAT_VERSION = 1
@@ -91,7 +90,7 @@ class Split:
     def counts(self) -> torch.Tensor:
         return self.offsets[1:] - self.offsets[:-1]
 
-    def to(self, device: torch.device | str) -> "Split":
+    def to(self, device: torch.device | str) -> Split:
         """A Split whose tensors live on ``device`` (tensors already there are shared, not copied)."""
         return Split(self.images.to(device), self.labels.to(device), self.offsets.to(device),
                      list(self.class_names), self.fingerprint)

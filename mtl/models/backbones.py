@@ -7,7 +7,7 @@ module is pre-trained, converted to scale-shift form, and meta-trained. See
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -24,7 +24,6 @@ from torch import nn
 
 from mtl.registry import HEAD_INITS
 
-
 HEAD_INITS.register("kaiming")(nn.init.kaiming_normal_)  # official PyTorch code
 HEAD_INITS.register("xavier")(nn.init.xavier_uniform_)  # TF code
 HEAD_INITS.register("zeros")(nn.init.zeros_)

@@ -18,7 +18,6 @@ from mtl.episodes import Episodes
 from mtl.models.head import adapt_head, ci95, logits, query_stats
 from mtl.runtime import Env
 
-
 CPU_CHUNK_PIXELS = 65536  # pixels per image x images per no-grad forward on a CPU (mtl/bench measured)
 
 

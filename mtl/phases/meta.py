@@ -24,8 +24,15 @@ from mtl.errors import MTLError
 from mtl.hard_tasks import HardTaskScheduler
 from mtl.models.backbones import create_backbone
 from mtl.models.head import HeadInit, adapt_head, logits, query_stats
-from mtl.models.scale_shift import (bn_affine_parameters, load_backbone_state, load_meta_state, meta_state,
-                                    set_bn_mode, ss_parameters, to_scale_shift)
+from mtl.models.scale_shift import (
+    bn_affine_parameters,
+    load_backbone_state,
+    load_meta_state,
+    meta_state,
+    set_bn_mode,
+    ss_parameters,
+    to_scale_shift,
+)
 from mtl.phases.evaluate import Embedder, evaluate
 from mtl.runtime import Env, RngStream, progress
 
@@ -75,6 +82,9 @@ class MetaTrainer:
         self.best_state: dict[str, Any] | None = None
         self.last_val: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
+        # per-episode accuracies on the validation bank, each epoch it was evaluated: trials of a
+        # sweep share the bank, so these pair them episode by episode (mtl.tune.stats)
+        self.val_accs: list[dict[str, Any]] = []
 
     @property
     def done(self) -> bool:
@@ -148,6 +158,7 @@ class MetaTrainer:
         if self.epoch % self.ev.val_every == 0 or self.done:
             v = self.evaluate(self.val, self.val_bank)
             self.last_val = {"val_acc": v["acc"], "val_ci95": v["ci95"]}
+            self.val_accs.append({"epoch": self.epoch, "accs": v["accs"]})
             if v["acc"] > self.best_acc:
                 self.best_acc, self.best_ci, self.best_epoch = v["acc"], v["ci95"], self.epoch
                 self.best_state = self.trainable_state()
@@ -187,6 +198,7 @@ class MetaTrainer:
             "best_epoch": self.best_epoch,
             "last_val": dict(self.last_val),
             "history": copy.deepcopy(self.history),
+            "val_accs": copy.deepcopy(self.val_accs),
         }
 
     def load_state_dict(self, ck: dict[str, Any]) -> None:
@@ -201,3 +213,4 @@ class MetaTrainer:
         self.best_ci = ck["best_ci"]
         self.last_val = dict(ck["last_val"])
         self.history = list(ck["history"])
+        self.val_accs = list(ck.get("val_accs", []))  # absent from checkpoints written before it was kept

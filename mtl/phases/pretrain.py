@@ -27,7 +27,6 @@ from mtl.models.backbones import create_backbone
 from mtl.phases.evaluate import Embedder, evaluate
 from mtl.runtime import Env, RngStream, progress
 
-
 MLP_HIDDEN = 1000  # the official PyTorch code's pre_fc: Linear(640, 1000), ReLU, Linear(1000, classes)
 
 

@@ -16,6 +16,8 @@ _EXPORTS = {
     "SweepCallback": "mtl.tracking.callback",
     "plot_validation_curves": "mtl.tracking.plots",
     "plot_param_importance": "mtl.tracking.plots",
+    "plot_parallel_coordinates": "mtl.tracking.plots",
+    "plot_paired_differences": "mtl.tracking.plots",
 }
 
 __all__ = list(_EXPORTS)

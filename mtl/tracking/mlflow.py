@@ -25,11 +25,25 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from mtl.errors import ConfigError
-from mtl.tracking.runlog import (NOTE_TAG, VIEW_TAG_PREFIX, description_markdown, experiment_ui_tags,
-                                 flatten_params, log_artifact, log_params_once, log_values, quoted, result_metrics,
-                                 saved_view, searched_values, slug, split_result, trial_run_name)
+from mtl.tracking.runlog import (
+    NOTE_TAG,
+    VIEW_TAG_PREFIX,
+    description_markdown,
+    experiment_ui_tags,
+    flatten_params,
+    log_artifact,
+    log_params_once,
+    log_values,
+    quoted,
+    result_metrics,
+    saved_view,
+    searched_values,
+    slug,
+    split_result,
+    trial_run_name,
+)
 from mtl.tracking.uri import _sqlite_path
-from mtl.tune.outcome import trial_end_row
+from mtl.tune.outcome import sequence, trial_end_row
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -43,7 +57,8 @@ logger = logging.getLogger(__name__)
 
 ROLE_TAG = "mtl.role"  # "sweep" on a sweep's parent run
 DEFAULT_UI = "http://127.0.0.1:5000"  # where ``mlflow ui`` listens
-_PICKLED = ("tracking_uri", "experiment", "sweep_name", "artifact_root", "planned_epochs", "step_key", "metric", "mode")
+_PICKLED = ("tracking_uri", "experiment", "sweep_name", "artifact_root", "planned_epochs", "step_key", "metric", "mode",
+            "baseline")
 
 
 class SweepTracker:
@@ -53,14 +68,15 @@ class SweepTracker:
     ``RunConfig(callbacks=[...])``, ``finish`` logs the study's outcome and closes the parent.
     ``planned_epochs``: the meta-training epochs of a trial whose config does not search
     ``meta.epochs`` (tells an ASHA-stopped trial from a completed one); ``step_key``: the result
-    key used as a metric's step; ``metric``/``mode``: what ranks the trials in the saved view.
+    key used as a metric's step; ``metric``/``mode``: what ranks the trials in the saved view;
+    ``baseline``: the sweep's first trial is its baseline (the base config), tagged ``baseline = true``.
     Picklable (Ray stores callbacks in ``tuner.pkl``): an unpickled tracker holds no client and
     no run ids and finds its runs in MLflow again.
     """
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, artifact_root: Path | None = None,
                  *, planned_epochs: int | None = None, step_key: str = "epoch", metric: str = "val_acc",
-                 mode: str = "max") -> None:
+                 mode: str = "max", baseline: bool = False) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.sweep_name = sweep_name
@@ -68,6 +84,7 @@ class SweepTracker:
         self.planned_epochs = planned_epochs
         self.step_key = step_key
         self.metric, self.mode = metric, mode
+        self.baseline = baseline
         self.parent_run_id: str | None = None
         self.experiment_id: str | None = None
         self.children: dict[str, str] = {}  # trial id -> child run id, a cache of what MLflow holds
@@ -262,6 +279,8 @@ class SweepTracker:
                     "trial_name": str(trial)}
             if getattr(trial, "path", None):
                 tags["trial_path"] = str(trial.path)
+            if self.baseline and sequence(getattr(trial, "experiment_tag", "")) == 1:
+                tags["baseline"] = "true"  # the searcher's first proposal: the enqueued base config
             run = self.client.create_run(self.experiment_id, run_name=trial_run_name(trial), tags=tags)
             run_id = self.children[trial_id] = run.info.run_id
         return run_id

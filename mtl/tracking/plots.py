@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -87,7 +88,8 @@ def plot_param_importance(rows: Sequence[Mapping[str, Any]], params: Sequence[st
     ax = fig.add_subplot()
     ax.barh(names, [importances[n] for n in names], color="tab:blue")
     ax.set_xlabel(f"importance for {metric} (normalised)")
-    ax.set_title(f"Hyperparameter importance from {len(usable)} trials" + (f" at {budget}" if budget else ""))
+    title = f"Hyperparameter importance from {len(usable)} trials" + (f" at {budget}" if budget else "")
+    ax.set_title(textwrap.fill(title, 56), fontsize="medium")
     ax.set_xlim(0, max(1.0, *importances.values()))
     return fig
 
@@ -162,3 +164,92 @@ def _hashable(value: Any) -> Any:
 
 def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def plot_parallel_coordinates(trials: Sequence[Mapping[str, Any]], params: Sequence[str], metric: str = "best_val_acc",
+                              space: Mapping[str, Mapping[str, Sequence[Any]]] | None = None) -> Figure | None:
+    """One line per trial through an axis per searched param and a last axis for ``metric``,
+    coloured by ``metric``; the baseline (``baseline`` in its row) drawn black and dashed.
+
+    ``trials``: summary rows (``config``, ``metric``); ``space``: the sweep's distributions, which
+    give each axis its range and scale (log for log distributions, one tick per choice). Returns
+    None, and logs why, with fewer than two trials holding the metric."""
+    rows = [t for t in trials if _number(t.get(metric)) and math.isfinite(t[metric])
+            and all(p in (t.get("config") or {}) for p in params)]
+    if len(rows) < 2 or not params:
+        logger.info("No parallel-coordinates plot: %d trial(s) with %s", len(rows), metric)
+        return None
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    axes = [_axis([t["config"][p] for t in rows], (space or {}).get(p)) for p in params]
+    values = [t[metric] for t in rows]
+    axes.append(_axis(values, None))
+    norm, cmap = Normalize(min(values), max(values)), colormaps["viridis"]
+    fig = Figure(figsize=(max(6.0, 1.8 * len(axes)), 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for t in sorted(rows, key=lambda t: t[metric]):  # the best drawn last, on top
+        ys = [scale(v) for (scale, _), v in zip(axes, [*(t["config"][p] for p in params), t[metric]])]
+        base = bool(t.get("baseline"))
+        ax.plot(range(len(axes)), ys, color="black" if base else cmap(norm(t[metric])), linestyle="--" if base else "-",
+                linewidth=2.2 if base else 1.4, alpha=0.9, label="baseline" if base else None)
+    for i, (_, ticks) in enumerate(axes):
+        ax.axvline(i, color="0.6", linewidth=0.8)
+        for y, text in ticks:
+            ax.annotate(text, (i, y), xytext=(4, 0), textcoords="offset points", fontsize="x-small", va="center")
+    ax.set_xticks(range(len(axes)), [*params, metric], rotation=15, fontsize="small")
+    ax.set_yticks([])
+    ax.set_xlim(-0.2, len(axes) - 0.6)
+    ax.set_title(f"searched parameters against {metric} ({len(rows)} trials)")
+    if any(t.get("baseline") for t in rows):
+        ax.legend(fontsize="small", loc="upper left")
+    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=metric)
+    return fig
+
+
+def _axis(values: Sequence[Any], dist: Mapping[str, Sequence[Any]] | None):
+    """(value -> [0, 1], ticks as (position, label)) for one axis of the parallel coordinates."""
+    kind, args = next(iter(dist.items())) if dist else (None, ())
+    if kind == "choice" or not all(_number(v) for v in values):
+        cats = [str(a) for a in args] if kind == "choice" else sorted({str(v) for v in values})
+        pos = {c: i / max(1, len(cats) - 1) for i, c in enumerate(cats)}
+        label = {str(a): f"{a:.4g}" if isinstance(a, float) else str(a)[:16] for a in (args or values)}
+        return (lambda v: pos.get(str(v), 0.5)), [(y, label.get(c, c)) for c, y in pos.items()]
+    lo, hi = (float(args[0]), float(args[1])) if args else (float(min(values)), float(max(values)))
+    log = bool(kind and kind.startswith(("log", "qlog"))) and lo > 0
+    f = math.log if log else float
+    span = (f(hi) - f(lo)) or 1.0
+    return (lambda v: (f(v) - f(lo)) / span), [(0.0, f"{lo:.3g}"), (1.0, f"{hi:.3g}")]
+
+
+def plot_paired_differences(entries: Sequence[Mapping[str, Any]]) -> Figure | None:
+    """The winner minus each other trial on the validation bank, per epoch, in accuracy points,
+    with its 95% interval as error bars (:func:`mtl.tune.stats.paired`). ``entries``: the summary's
+    compared trials, each with ``trial_id`` and ``val_vs_winner`` (epoch, diff, ci_low, ci_high).
+    None if no entry holds a curve."""
+    curves = [e for e in entries if e.get("val_vs_winner")]
+    if not curves:
+        return None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.5, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for i, e in enumerate(curves):
+        pts = e["val_vs_winner"]
+        xs = [p["epoch"] + 0.06 * (i - (len(curves) - 1) / 2) for p in pts]  # side by side, not on top
+        ys = [100 * p["diff"] for p in pts]
+        err = [[y - 100 * p["ci_low"] for y, p in zip(ys, pts)], [100 * p["ci_high"] - y for y, p in zip(ys, pts)]]
+        label = str(e["trial_id"]) + (" (baseline)" if "baseline" in e.get("roles", ()) else "")
+        ax.errorbar(xs, ys, yerr=err, marker="o", markersize=4, capsize=3, label=f"winner - {label}")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("paired difference (points)")
+    ax.set_title("winner minus each trial on the validation bank (bars: 95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the bars fill the plot
+    return fig

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mtl.schema import dotted
+from mtl.tune.outcome import sequence
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -100,8 +101,8 @@ def trial_run_name(trial: object, limit: int = RUN_NAME_LENGTH) -> str:
     """``t03 inner_lr=0.0312 inner_steps=10 ratio=0.333``: the trial's sequence number in the
     sweep (Ray's experiment tag starts with it; else the trial id) and its searched values, keys
     shortened to their last component, cut at a space to ``limit`` characters."""
-    seq = re.match(r"\d+", str(getattr(trial, "experiment_tag", "") or ""))
-    head = f"t{int(seq.group()):02d}" if seq else str(getattr(trial, "trial_id", ""))
+    seq = sequence(getattr(trial, "experiment_tag", ""))
+    head = f"t{seq:02d}" if seq is not None else str(getattr(trial, "trial_id", ""))
     values = searched_values(trial)
     short = short_keys(list(values))
     name = " ".join([head, *(f"{short[k]}={short_value(v)}" for k, v in values.items())])
@@ -152,7 +153,7 @@ def saved_view(name: str, params: list[str], metric: str, mode: str) -> str:
     params = [key(k) for k in params]
     columns = [*(f"params.`{k}`" for k in params),
                *(f"metrics.`{m}`" for m in dict.fromkeys([metric, "best_val_acc", "val_ci95"])),
-               "tags.`outcome`", "tags.`best`", "attributes.`Duration`"]
+               "tags.`outcome`", "tags.`best`", "tags.`baseline`", "attributes.`Duration`"]
     run_name = "attributes.`Run Name`"
     section = "mtl-model-metrics"
     card = {"runsCountToCompare": 10, "metricSectionId": section, "deleted": False, "isGenerated": True}

@@ -61,6 +61,13 @@ def outcome(last: Mapping[str, Any], error: BaseException | str | None, planned:
     return "stopped_early" if _number(planned) and reached < planned else "completed"
 
 
+def sequence(experiment_tag: Any) -> int | None:
+    """A trial's sequence number in its sweep (1: the first the searcher proposed), which Ray Tune
+    puts first in the trial's experiment tag (``3_meta.inner_lr=0.03,...``); None if unknown."""
+    seq = re.match(r"\d+", str(experiment_tag or ""))
+    return int(seq.group()) if seq else None
+
+
 def trial_row(trial_id: str, config: Mapping[str, Any] | None, last: Mapping[str, Any] | None,
               error: BaseException | str | None, planned: int | None, *, checkpoint: str | None = None,
               history: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
@@ -71,7 +78,7 @@ def trial_row(trial_id: str, config: Mapping[str, Any] | None, last: Mapping[str
     last = last or {}
     result = outcome(last, error, planned)
     return {
-        "trial_id": trial_id,
+        "trial_id": trial_id, "seq": sequence(last.get("experiment_tag")),
         "config": dict(config or {}),
         "val_acc": last.get("val_acc"), "best_val_acc": last.get("best_val_acc"), "val_ci95": last.get("val_ci95"),
         "best_val_ci95": last.get("best_val_ci95"),

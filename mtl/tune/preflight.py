@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtl.config import check_against_data
+from mtl.config import affects_pretraining, check_against_data, recipe_note
 from mtl.data import split_stats
 from mtl.data.evalset import check_eval_shapes, index_eval
 from mtl.errors import ConfigError
-from mtl.config import affects_pretraining, recipe_note
-from mtl.tune.spec import SweepSpec
 from mtl.schema import dotted
+from mtl.tune.spec import SweepSpec
 
 SPEC_FILE = "sweep.json"  # what the first launch resolved; a resume must match it
 
@@ -136,6 +135,26 @@ def machine_warnings(spec: SweepSpec) -> list[str]:
     return out
 
 
+def after_search(spec: SweepSpec) -> list[str]:
+    """What the sweep runs besides its trials, and what that costs, for the dry-run text."""
+    t, m = spec.tune, spec.base.meta
+    point = spec.baseline_point()
+    n = t.final_seeds - 1
+    runs = 2 * n if point else n
+    return [
+        "baseline: " + (f"trial 1 is the base config ({', '.join(f'{k}={v}' for k, v in point.items())})"
+                        if point else "none (tune.baseline: false): the summary cannot say whether searching helped"),
+        (f"after the search: the winner, the next {t.compare_top}{' and the baseline' if point else ''} tested on "
+         f"the same {spec.base.eval.episodes} test episodes (at most {t.compare_top + (2 if point else 1)} test "
+         "passes, in one task with a trial's resources)"),
+        f"final seeds: {t.final_seeds} per config" + (
+            f": {runs} more meta-trainings ({n} each for the winner{' and the baseline' if point else ''}, up to "
+            f"{spec.upper('meta.epochs')} epochs of {m.batches_per_epoch} batches, no pretraining), as Ray tasks "
+            f"with a trial's resources: the cost of {runs} of the {t.num_samples} trials run to their end"
+            if n else " (the search's own runs; set tune.final_seeds to re-run the winner and the baseline)"),
+    ]
+
+
 def describe(spec: SweepSpec) -> str:
     """The dry-run text: resolved base config (the sections that apply), search space, resources,
     search settings."""
@@ -163,6 +182,7 @@ def describe(spec: SweepSpec) -> str:
                                        f"max_t {spec.max_t}" if t.scheduler == "asha" else ""),
         f"metric: {t.metric} ({t.mode}); retries per trial: {t.max_failures}",
         f"pretraining: {'one shared entry for all trials' if shared else 'one entry per distinct pretraining setup'}",
+        *after_search(spec),
         f"storage: {spec.experiment_dir}",
         f"mlflow: {'on' if spec.settings.mlflow.enabled else 'off'}"
         + (f" ({spec.settings.mlflow.tracking_uri or 'default store'})" if spec.settings.mlflow.enabled else ""),

@@ -9,22 +9,24 @@ A spec is YAML::
       meta.inner_lr: {loguniform: [1.0e-3, 1.0e-1]}
       meta.inner_steps: {int: [5, 40]}
       hard_tasks.ratio: {uniform: [0.0, 0.5]}
-    tune: {num_samples: 32, max_concurrent: 8, grace_period: 5}
+    tune: {num_samples: 32, max_concurrent: 8, grace_period: 5}   # baseline, compare_top, final_seeds: see README
     resources: {cpu: 4, gpu: 0.25}
     storage: ray_results
     mlflow: {tracking_uri: null}
 
 Everything is checked before Ray starts: unknown keys, distributions and their arguments,
 and every bound or choice of the space applied to the base config (so a value the config
-would reject fails here, naming the space key).
+would reject fails here, naming the space key), and, unless ``tune.baseline: false``, that each
+space key's base value is one the space can draw (the baseline trial is the base config).
 """
 
 import math
 import re
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Sequence
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -38,7 +40,7 @@ class TuneSettings(Section):
     metric: Literal["val_acc", "best_val_acc", "train_loss", "train_acc"] = "val_acc"  # reported every meta epoch
     mode: Literal["max", "min"] = "max"
     num_samples: at_least(1, " (the number of trials)") = 16
-    max_concurrent: Optional[at_least(1)] = None  # None: as many as the cluster's resources allow at launch
+    max_concurrent: at_least(1) | None = None  # None: as many as the cluster's resources allow at launch
     searcher: Literal["optuna", "random"] = "optuna"
     seed: int = 0  # sampler seed
     n_startup_trials: at_least(1) = 5  # random trials before TPE models the space
@@ -46,9 +48,12 @@ class TuneSettings(Section):
     time_attr: Literal["epoch", "updates", "training_iteration"] = "epoch"
     grace_period: at_least(1) = 1
     reduction_factor: at_least(2) = 3
-    max_t: Optional[at_least(1)] = None  # None: meta.epochs (or its updates)
+    max_t: at_least(1) | None = None  # None: meta.epochs (or its updates)
     max_failures: satisfies(Int, lambda v: v >= -1, "must be >= 0 (or -1: retry forever)") = 2  # retries of a trial
     checkpoints_to_keep: at_least(1) = 2
+    baseline: bool = True  # run the base config (its values of the space keys) as the first trial
+    compare_top: at_least(0) = 2  # trials after the winner tested on the winner's test episodes
+    final_seeds: at_least(1) = 1  # seeds of the winner's and the baseline's meta-training (1: the search's own)
 
     @model_validator(mode="after")
     def _mode_fits_metric(self) -> "TuneSettings":
@@ -68,13 +73,13 @@ class Resources(Section):
 
 class Mlflow(Section):
     enabled: bool = True
-    tracking_uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
-    experiment: Optional[str] = None  # None: the sweep name
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    experiment: str | None = None  # None: the sweep name
 
 
 class SweepSettings(Section):
-    name: Optional[str] = None
-    base: Optional[str] = None
+    name: str | None = None
+    base: str | None = None
     storage: str = "ray_results"
     tune: TuneSettings = Field(default_factory=TuneSettings)
     resources: Resources = Field(default_factory=Resources)
@@ -89,6 +94,12 @@ class Dist:
     def bounds(self) -> list[Any]:
         """Values that must be valid config values: the ends of a range, every choice."""
         return list(self.args) if self.kind == "choice" else list(self.args[:2])
+
+    def contains(self, value: Any) -> bool:
+        """Whether the distribution can draw ``value`` (a choice, or a number within the range)."""
+        if self.kind == "choice":
+            return any(value == a for a in self.args)  # 10 == 10.0: numbers compare by value
+        return _number(value) and self.args[0] <= value <= self.args[1]
 
     def to_ray(self) -> Any:
         from ray import tune
@@ -151,6 +162,11 @@ class SweepSpec:
         dist = self.space.get(key)
         return max([self.base.get(key), *(dist.bounds() if dist else [])])
 
+    def baseline_point(self) -> dict[str, Any] | None:
+        """The base config's values of the space keys: the first trial of the sweep, proposed to the
+        searcher before any other (None with ``tune.baseline: false``)."""
+        return {k: self.base.get(k) for k in self.space} if self.tune.baseline else None
+
     def param_space(self) -> dict[str, Any]:
         return {k: d.to_ray() for k, d in self.space.items()}
 
@@ -198,10 +214,29 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
             "the shared pretraining cache needs file locks, which object stores lack")
     settings = _replace_storage(settings)
     spec = SweepSpec(name=name, base=base, space=space, settings=settings, source=str(path))
+    if settings.tune.baseline:
+        _check_baseline(spec)
     if spec.tune.scheduler == "asha" and spec.tune.grace_period > spec.max_t:
         raise ConfigError(f"tune.grace_period = {spec.tune.grace_period} exceeds max_t = {spec.max_t}; "
                           "lower the grace period or raise meta.epochs / tune.max_t")
     return spec
+
+
+def _check_baseline(spec: SweepSpec) -> None:
+    """The baseline trial is the base config itself: each space key's base value must be one the
+    searcher could draw. Rejected rather than skipped, so that a sweep never silently loses the
+    comparison that says whether searching helped (docs: README, Hyperparameter search)."""
+    for key, dist in spec.space.items():
+        value = spec.base.get(key)
+        if not dist.contains(value):
+            raise ConfigError(
+                f"space {key}: the base config's value {value!r} lies outside {dist.kind}{list(dist.args)}, so the "
+                f"baseline trial (the base config, run first) cannot be proposed; widen the range, set {key} "
+                "inside it in the spec's config:, or set tune.baseline: false")
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _replace_storage(s: SweepSettings) -> SweepSettings:

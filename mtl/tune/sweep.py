@@ -12,16 +12,35 @@ import os
 import time
 from typing import Any
 
-from mtl.configs import save_config
-from mtl.tune import SweepInterrupted
-from mtl.tune.cluster import concurrent_slots, connect, remote, restore_sigterm, sigterm_as_ctrl_c, trial_resources
-from mtl.tune.cluster import setup_worker_logging, tune_verbosity
-from mtl.tune.preflight import SPEC_FILE, Launch, identity, preflight
 from mtl.config import affects_pretraining
-from mtl.tune.spec import SweepSpec
+from mtl.configs import save_config
 from mtl.files import write_json_atomic, write_text_atomic
-from mtl.tune.summary import (artifacts, figures, finished_trials, format_table, summary_metrics, sweep_params, ties,
-                              trial_rows)
+from mtl.tune import SweepInterrupted
+from mtl.tune.cluster import (
+    concurrent_slots,
+    connect,
+    remote,
+    restore_sigterm,
+    setup_worker_logging,
+    sigterm_as_ctrl_c,
+    trial_resources,
+    tune_verbosity,
+)
+from mtl.tune.finals import comparison, ray_runner, run_finals
+from mtl.tune.preflight import SPEC_FILE, Launch, identity, preflight
+from mtl.tune.spec import SweepSpec
+from mtl.tune.summary import (
+    artifacts,
+    figures,
+    finished_trials,
+    format_table,
+    mark_baseline,
+    summary_metrics,
+    sweep_params,
+    ties,
+    trial_rows,
+    verdict,
+)
 
 log = logging.getLogger(__name__)
 _USER_MAX_PENDING = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")  # a user's own setting wins
@@ -58,7 +77,8 @@ def _run(launch: Launch, start: float) -> dict[str, Any]:
         from mtl.tracking.mlflow import SweepTracker
 
         tracker = SweepTracker(launch.tracking_uri, launch.experiment, spec.name,
-                               planned_epochs=spec.base.meta.epochs, metric=spec.tune.metric, mode=spec.tune.mode)
+                               planned_epochs=spec.base.meta.epochs, metric=spec.tune.metric, mode=spec.tune.mode,
+                               baseline=spec.tune.baseline)
         tracker.start(sweep_params(spec), tags={"spec": spec.source}, reattach=launch.reattach)
         callbacks.append(tracker.callback())
     status = "FAILED"
@@ -78,6 +98,8 @@ def _run(launch: Launch, start: float) -> dict[str, Any]:
                                                "parent_run_id": tracker.parent_run_id, "ui_url": tracker.ui_url()}
         summary = summarize(launch, result_grid, resources, time.time() - start, mlflow=mlflow)
         write_json_atomic(exp / "summary.json", summary)
+        figs = figures(summary)
+        _write_report(summary, exp, figs)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -88,10 +110,22 @@ def _run(launch: Launch, start: float) -> dict[str, Any]:
     if summary["best"] is None:
         log.error("no trial produced a checkpoint; see the errors in %s/summary.json", exp)
     if tracker is not None:
-        tracker.finish(summary_metrics(summary), artifacts=artifacts(exp), figures=figures(summary),
+        tracker.finish(summary_metrics(summary), artifacts=artifacts(exp), figures=figs,
                        best_trial=summary["best"]["trial_id"] if summary["best"] else None,
                        description=format_table(summary))
     return summary
+
+
+def _write_report(summary: dict[str, Any], exp: Any, figs: dict[str, Any]) -> None:
+    """report.html beside summary.json; a failure here loses no result (``python -m mtl report``
+    writes it again from summary.json)."""
+    from mtl.report import write_report
+
+    try:
+        path = write_report(summary, exp, figs)
+        log.info("report: %s", path)
+    except Exception:  # the sweep's results are written already
+        log.exception("could not write the sweep's report; `python -m mtl report %s` tries again", exp)
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -118,6 +152,8 @@ def build_tuner(launch: Launch, resources: dict[str, float], callbacks: list[Any
         return tuner
     sampler = (TPESampler(seed=t.seed, n_startup_trials=t.n_startup_trials) if t.searcher == "optuna"
                else RandomSampler(seed=t.seed))
+    point = spec.baseline_point()  # the base config, proposed first (Optuna's enqueued trial)
+    searcher = OptunaSearch(sampler=sampler, points_to_evaluate=[point] if point else None)
     scheduler = (ASHAScheduler(time_attr=t.time_attr, max_t=spec.max_t, grace_period=t.grace_period,
                                reduction_factor=t.reduction_factor) if t.scheduler == "asha" else FIFOScheduler())
     # With a searcher Ray Tune keeps one trial pending at a time, so trials would start one after
@@ -126,7 +162,7 @@ def build_tuner(launch: Launch, resources: dict[str, float], callbacks: list[Any
     return tune.Tuner(
         trainable,
         param_space=spec.param_space(),
-        tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, search_alg=OptunaSearch(sampler=sampler),
+        tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, search_alg=searcher,
                                     scheduler=scheduler, num_samples=t.num_samples,
                                     max_concurrent_trials=t.max_concurrent,
                                     reuse_actors=True,
@@ -154,37 +190,41 @@ def _pretrain_task(base: dict[str, Any], cache_root: str) -> dict[str, Any]:
 
 
 def summarize(launch: Launch, result_grid: Any, resources: dict[str, float], wall_s: float,
-              mlflow: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The sweep's summary: one row per trial, and the trial with the best validation accuracy,
-    tested once (its state, config and per-episode accuracies exported to ``best/``)."""
-    import ray
-
+              mlflow: dict[str, Any] | None = None, run: Any = None) -> dict[str, Any]:
+    """The sweep's summary: one row per trial (the baseline marked); the winner (best validation
+    accuracy), the runners-up and the baseline tested on the same episodes, compared pairwise
+    (:mod:`mtl.tune.finals`; ``run`` runs its tasks, default as Ray tasks with ``resources``); the
+    winner's state, config and per-episode accuracies exported to ``best/``."""
     from mtl.data.evalset import describe
-    from mtl.tune.trainable import evaluate_trial
 
     spec = launch.spec
     exp = spec.experiment_dir
     rows = trial_rows(result_grid, spec.base.meta.epochs)
-    candidates = [t for t in rows if t["checkpoint"] and t["best_val_acc"] is not None]
-    best = None
-    if candidates:
-        win = max(candidates, key=lambda t: t["best_val_acc"])
-        (exp / "best").mkdir(parents=True, exist_ok=True)
-        res = ray.get(remote(evaluate_trial, resources).remote(
-            win["checkpoint"], str(launch.cache_root), str(exp / "best" / "meta_state.pt")))
+    point = spec.baseline_point()
+    baseline = mark_baseline(rows, point)
+    finals = run_finals(spec, rows, baseline, str(launch.cache_root), exp, run or ray_runner(resources))
+    best, extra = None, {}
+    if finals is not None:
+        extra = comparison(finals, spec)
+        win = finals["chosen"][0][0]
+        res = finals["tests"][win["trial_id"]]
         cfg = spec.base.with_overrides(win["config"])
+        (exp / "best").mkdir(parents=True, exist_ok=True)
         save_config(cfg, exp / "best" / "config.yaml")
         write_text_atomic(exp / "best" / "test_accs.csv", "episode,acc\n" + "".join(
             f"{i},{a:.6f}\n" for i, a in enumerate(res["accs"])))
+        candidates = [t for t in rows if t["checkpoint"] and t["best_val_acc"] is not None]
         best = {"trial_id": win["trial_id"], "config": win["config"], "val_acc": win["best_val_acc"],
-                "val_ci95": win["best_val_ci95"], "ties": ties(win, candidates),
+                "val_ci95": win["best_val_ci95"], "ties": ties(win, candidates), "baseline": win["baseline"],
                 "test_acc": res["acc"], "test_ci95": res["ci95"], "test_episodes": len(res["accs"]),
                 "train_data": describe(cfg.data), "test_data": res["test_data"],
                 "checkpoint": str(exp / "best" / "meta_state.pt"), "config_file": str(exp / "best" / "config.yaml"),
                 "resolved_config": cfg.to_dict()}
     summary = {"name": spec.name, "spec": spec.source, "metric": spec.tune.metric,
                "space": {k: {d.kind: list(d.args)} for k, d in spec.space.items()},
-               "resources": resources, "best": best, "trials": rows, "wall_s": wall_s}
+               "resources": resources, "baseline": {"trial_id": baseline, "config": point} if point else None,
+               "best": best, **extra, "trials": rows, "wall_s": wall_s}
+    summary["verdict"] = verdict(summary)
     if mlflow is not None:
         summary["mlflow"] = mlflow
     return summary

@@ -3,7 +3,8 @@
 ``train_mtl(params)`` builds the trial's config (base config + the sampled dotted keys), resumes
 from Ray's checkpoint when the trial is retried or the sweep resumed, and turns each meta epoch's
 report into ``tune.report`` with a checkpoint. The driver-side helpers below complete a trial's
-checkpoint with its backbone from the pretraining store and test the winner.
+checkpoint with its backbone from the pretraining store (the tests after the search,
+:mod:`mtl.tune.finals`, start from it).
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from typing import Any
 from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.config import config_from_dict
 from mtl.errors import CheckpointError
-from mtl.runtime import make_env
-from mtl.data.evalset import describe, eval_data
-from mtl.trial import load_backbone, load_test, run_trial, test_checkpoint
 from mtl.pretraining import PretrainCache
+from mtl.runtime import make_env
+from mtl.trial import load_backbone, run_trial
 
 CHECKPOINT_FILE = "meta_state.pt"
 # metrics forwarded to Ray from each epoch's metrics (all numeric)
@@ -68,15 +68,3 @@ def complete_checkpoint(checkpoint_dir: str | Path, cache_root: str | Path) -> d
         raise CheckpointError(f"pretraining entry {ref['key']} is missing from {cache_root}")
     ck["backbone"] = entry.state
     return ck
-
-
-def evaluate_trial(checkpoint_dir: str, cache_root: str, export_to: str | None = None) -> dict[str, Any]:
-    """Evaluate a trial's best state once on the test set, ``eval.data`` (run on a worker with the trial's
-    resources); ``test_data`` in the result names it."""
-    ck = complete_checkpoint(checkpoint_dir, cache_root)
-    cfg = config_from_dict(ck["config"])
-    env = replace(make_env(cfg.runtime), progress=False)
-    test = load_test(cfg, env)
-    if export_to:
-        save_checkpoint(export_to, ck)
-    return {**test_checkpoint(ck, cfg, env, test), "test_data": describe(eval_data(cfg), cfg.eval.data.split)}
