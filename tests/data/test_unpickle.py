@@ -91,7 +91,7 @@ def test_dry_run_reads_far_enough_to_refuse_it(tmp_path, cache, fakes, monkeypat
     _crafted(mini / "mini-imagenet-cache-train.pkl", marker, lambda p: {"image_data": p, "class_dict": {}})
     spec = tmp_path / "s.yaml"
     spec.write_text(f"base: mini_1shot\nconfig: {{data: {{root: {mini}, image_size: 84, cache_dir: {cache}}}}}\n"
-                    "space:\n  meta.inner_lr: {loguniform: [0.02, 0.5]}\n")
+                    "space:\n  meta.inner_lr: {loguniform: [0.005, 0.5]}\n")
     loader = importlib.util.spec_from_file_location("launch_tune", LAUNCH)
     module = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(module)
