@@ -73,9 +73,9 @@ def test_evaluate_and_the_sweep_winner_test_use_eval_data(cross, tmp_path, capsy
     assert json.loads(out.read_text())["test_data"] == "synthetic (test split)"
     # what the sweep driver runs for its winner (mtl/tune/sweep.py), on the trial's config
     from mtl.trial import pretrain_store
-    from mtl.tune.trainable import evaluate_trial
+    from mtl.tune.finals import compare_task
 
-    won = evaluate_trial(str(run), str(pretrain_store(load_config("synthetic", sets))))
+    won = compare_task([("t", str(run))], str(pretrain_store(load_config("synthetic", sets))), {})["t"]
     assert won["acc"] == pytest.approx(res["test_acc"], abs=1e-6) and won["test_data"] == res["test_data"]
 
 

@@ -301,6 +301,7 @@ def test_trial_killed_mid_epoch_is_retried_from_its_checkpoint(ray_local, store,
     assert trial["outcome"] == "completed" and trial["epoch"] == epochs
     rows = results(trial_dirs(spec.experiment_dir)[trial["trial_id"]])
     epochs_seen = [r["epoch"] for r in rows]
+    assert len(restarts(rows)) == 1, [(r["epoch"], r["iterations_since_restore"]) for r in rows]
     (retry,) = restarts(rows)  # one restart: the retry
     assert 2 <= epochs_seen[retry] <= epochs, epochs_seen  # continued after a checkpoint, not from epoch 1
     assert epochs_seen[retry:] == list(range(epochs_seen[retry], epochs + 1))
