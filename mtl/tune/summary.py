@@ -159,6 +159,8 @@ def next_steps(summary: dict[str, Any]) -> str:
     """Where the winner is and the commands that use it, for the end of the terminal output."""
     exp = Path(summary["best"]["checkpoint"]).parents[1] if summary.get("best") else None
     lines = [f"summary:            {exp / 'summary.json'}"] if exp else []
+    if exp and (exp / "report.html").exists():
+        lines.append(f"report:             {exp / 'report.html'}  (trials, curves, paired comparison; opens offline)")
     if summary.get("best"):
         b = summary["best"]
         lines += [f"winner checkpoint:  {b['checkpoint']}",
