@@ -168,7 +168,7 @@ def _free_ports(n: int) -> list[int]:
 def _ray_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", RAY_worker_niceness="0",
                PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
     return env
 

@@ -24,6 +24,10 @@ RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    # Ray starts its workers at niceness 15: beside any busy process of normal priority they then
+    # get a small fraction of the CPU, and a sweep on a loaded machine crawls (a trial's torch import
+    # alone took minutes beside two CPU burners). The tests' trials compete as equals.
+    "RAY_worker_niceness": "0",
 }
 
 
