@@ -53,8 +53,21 @@ def trial_dirs(exp: Path) -> dict[str, Path]:
 
 def restarts(rows: list[dict[str, Any]]) -> list[int]:
     """Indices of the results that open a restored run of the trial (after a retry or a resume):
-    Ray restarts its iterations_since_restore count there."""
-    return [i for i, r in enumerate(rows) if i > 0 and r["iterations_since_restore"] == 1]
+    Ray restarts its iterations_since_restore count there (at 1, or later when the restored run's
+    first result did not reach result.json: any reset of the count marks it)."""
+    return [i for i in range(1, len(rows))
+            if rows[i]["iterations_since_restore"] <= rows[i - 1]["iterations_since_restore"]]
+
+
+def restart_index(rows: list[dict[str, Any]]) -> int | None:
+    """Index of the one result that opens the restored run of a trial (after a retry or a resume),
+    None when there is none or more than one. Ray's result.json normally keeps the results from
+    before the failure and appends the restored run's; now and then it holds only the restored
+    run's (a first row past epoch 1, seen in about one run in five): then 0."""
+    found = restarts(rows)
+    if rows and rows[0]["epoch"] != 1:
+        return None if found else 0
+    return found[0] if len(found) == 1 else None
 
 
 def tune_state(exp: Path) -> dict[str, dict[str, Any]] | None:
