@@ -29,9 +29,9 @@ import yaml
 from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.config import Config, config_from_dict, eval_query
 from mtl.configs import save_config
-from mtl.data.evalset import describe, eval_data, index_eval, is_cross_domain
+from mtl.data.evalset import decode_splits, describe, eval_data, index_eval, is_cross_domain
 from mtl.errors import MTLError
-from mtl.files import write_json_atomic
+from mtl.files import check_writable_dir, write_json_atomic
 from mtl.runtime import make_env
 from mtl.schema import dotted
 from mtl.trial import load_data, load_test, pretrain_store, run_trial, test_checkpoint
@@ -88,8 +88,10 @@ def run_experiment(cfg: Config, out: str | Path, *, resume: bool = False,
     """pretrain -> meta-transfer -> test in ``out``; returns (and writes) the result."""
     env = make_env(cfg.runtime)
     run = RunDir(out)
+    check_writable_dir(run.root, "--out", "choose another --out folder")
     if is_cross_domain(cfg):  # another test set (eval.data): its layout and shapes before hours of training
         index_eval(cfg)
+    decode_splits(cfg, progress=env.progress)  # a corrupt image, the test set's too, fails here, before training
     data = load_data(cfg, env)  # checks shapes against the data before anything is written
     run.prepare(cfg, resume)
     state = load_checkpoint(run.meta_state, "meta") if resume and run.meta_state.exists() else None

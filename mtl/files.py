@@ -108,3 +108,27 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON (unknown types via ``str``) atomically and durably."""
     write_text_atomic(path, json.dumps(obj, indent=1, default=str) + "\n")
+
+
+def check_writable_dir(path: str | Path, what: str, fix: str) -> None:
+    """Refuse (ConfigError, one line) a ``path`` that can never hold our files: one that is a file,
+    lies under a file, or whose nearest existing folder cannot be written. Creates nothing: the
+    probe is an anonymous temporary file in that folder (it also finds read-only mounts, which
+    ``os.access`` misses for root)."""
+    import tempfile
+
+    from mtl.errors import ConfigError
+
+    path = Path(path).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is a file, not a folder; {fix}")
+    folder = path
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{what} {path} lies under the file {folder}; {fix}")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{what} {path} is not writable ({folder}: {e.strerror or e}); {fix}") from None

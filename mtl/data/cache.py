@@ -69,12 +69,17 @@ def read_meta(root: Path, dataset: str, split: str, size: int, fingerprint: str)
     return meta if ok else None
 
 
-def load_cached(index: SplitIndex, root: Path, progress: bool = True) -> Split:
-    """The split from its cache entry, building the entry first if there is none."""
+def ensure_cached(index: SplitIndex, root: Path, progress: bool = True) -> Path:
+    """The split's cache entry, built first if there is none."""
     key = entry_path(root, index.dataset, index.split, index.image_size, index.fingerprint).name
     store = _store(root)
     entry, _ = store.get_or_build(key, lambda tmp, _work: _build(store, tmp, store.path(key), index, progress))
-    return _read_entry(entry, index)
+    return entry
+
+
+def load_cached(index: SplitIndex, root: Path, progress: bool = True) -> Split:
+    """The split from its cache entry, building the entry first if there is none."""
+    return _read_entry(ensure_cached(index, root, progress), index)
 
 
 def decode_into(decoder: Decoder, out: np.ndarray, progress: bool, desc: str,

@@ -175,6 +175,14 @@ def load_split(data: Data, split: str, progress: bool = True, index: SplitIndex 
     return cache.load_cached(index, cache.cache_dir(data), progress)
 
 
+def ensure_cached(data: Data, split: str, progress: bool = True, index: SplitIndex | None = None) -> None:
+    """Decode one split into the cache unless it is there (without reading it back); a generated
+    split has no cache and nothing that could fail to decode."""
+    index = index or index_split(data, split)
+    if index.cacheable:
+        cache.ensure_cached(index, cache.cache_dir(data), progress)
+
+
 def dataset_fingerprint(data: Data, indexes: dict[str, SplitIndex] | None = None) -> str:
     """One digest of the three splits' fingerprints (keys the shared pretraining cache)."""
     h = hashlib.sha256(data.dataset.encode())

@@ -10,7 +10,7 @@ set's shape) is shared with the training data.
 from __future__ import annotations
 
 from mtl.config import Config, Data, eval_query
-from mtl.data.datasets import index_split
+from mtl.data.datasets import ensure_cached, index_split
 from mtl.data.splits import SplitIndex
 from mtl.errors import ConfigError
 
@@ -54,3 +54,11 @@ def index_eval(cfg: Config) -> SplitIndex:
     index = index_split(eval_data(cfg), cfg.eval.data.split)
     check_eval_shapes(cfg, index)
     return index
+
+
+def decode_splits(cfg: Config, progress: bool = True) -> None:
+    """Decode into the cache every split a run of ``cfg`` reads (train, val and the test set), so
+    that a corrupt image fails the run before any training instead of at the test after it; a
+    split cached already costs its listing only. Generated (synthetic) splits have nothing to check."""
+    for data, split in ((cfg.data, "train"), (cfg.data, "val"), (eval_data(cfg), cfg.eval.data.split)):
+        ensure_cached(data, split, progress=progress)

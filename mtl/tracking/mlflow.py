@@ -42,7 +42,7 @@ from mtl.tracking.runlog import (
     split_result,
     trial_run_name,
 )
-from mtl.tracking.uri import _sqlite_path
+from mtl.tracking.uri import _sqlite_path, creation_lock
 from mtl.tune.outcome import sequence, trial_end_row
 
 if TYPE_CHECKING:
@@ -189,6 +189,10 @@ class SweepTracker:
         """Id and tags of the experiment, created if missing and tagged for the UI. On a SQLite
         store it gets an absolute artifact location; otherwise a run's artifacts land wherever the
         creating process happened to run."""
+        with creation_lock(self.tracking_uri):
+            return self._get_or_create_experiment()
+
+    def _get_or_create_experiment(self) -> tuple[str, dict[str, str]]:
         client = self.client
         exp = client.get_experiment_by_name(self.experiment)
         if exp is not None:
@@ -330,3 +334,4 @@ class SweepTracker:
         tags = {"outcome": row["outcome"], **({"error": row["error"]} if row["error"] else {})}
         log_values(self.client, run_id, tags=tags)
         self.client.set_terminated(run_id, "FAILED" if errored else "FINISHED")
+

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -66,20 +68,82 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         for target, mode in ((parent, os.W_OK | os.X_OK), (path, os.W_OK)):
             if target.exists() and not os.access(target, mode):
                 raise ConfigError(f"MLflow tracking URI {uri}: {target} is not writable")
+        check_sqlite_store(uri, path)
         return
     if scheme in ("http", "https"):
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                if response.status == 200:
-                    return
-                reason = f"HTTP {response.status} from {url}"
-        except urllib.error.HTTPError as e:
-            reason = f"HTTP {e.code} from {url}"
-        except (urllib.error.URLError, OSError) as e:
-            reason = str(getattr(e, "reason", e))
-        raise ConfigError(
-            f"MLflow tracking URI {uri} is unreachable ({reason}); start the server "
-            f"(mlflow server --backend-store-uri sqlite:///<abs path>/mlflow.db --port ...) or "
-            f"unset mlflow.tracking_uri / MLFLOW_TRACKING_URI to use the local sqlite store")
+        base = uri.rstrip("/")
+        # /health is answered by the web server alone; the API call below needs its store too
+        for url in (base + "/health", base + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=mtl-preflight"):
+            reason = _http_problem(url, timeout)
+            if reason:
+                raise ConfigError(
+                    f"MLflow tracking URI {uri} is unreachable ({reason}); start the server "
+                    f"(mlflow server --backend-store-uri sqlite:///<abs path>/mlflow.db --port ...) or "
+                    f"unset mlflow.tracking_uri / MLFLOW_TRACKING_URI to use the local sqlite store")
+        return
     raise ConfigError(f"MLflow tracking URI {uri!r}: unsupported scheme {scheme!r}; use {_SCHEMES}")
+
+
+def _http_problem(url: str, timeout: float) -> str | None:
+    """None if ``url`` answers within ``timeout`` s with 200 (or, for the API, MLflow's own 404
+    for an experiment that does not exist), else what went wrong."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return None if response.status == 200 else f"HTTP {response.status} from {url}"
+    except urllib.error.HTTPError as e:
+        if e.code == 404 and "/api/" in url and b"RESOURCE_DOES_NOT_EXIST" in e.read(4096):
+            return None
+        return f"HTTP {e.code} from {url}"
+    except TimeoutError:
+        return f"no answer from {url} within {timeout:g} s"
+    except (urllib.error.URLError, OSError) as e:
+        return str(getattr(e, "reason", e))
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_MLFLOW_TABLES = {"experiments", "runs", "metrics", "params", "tags"}
+
+
+def check_sqlite_store(uri: str, path: Path) -> None:
+    """A database file that exists must be a readable SQLite database that MLflow made (or an
+    empty one); one that is a folder, is damaged or belongs to another program is refused,
+    read-only, before MLflow would fail on it (or add its tables to another program's data)."""
+    import sqlite3
+
+    if path.is_dir():
+        raise ConfigError(f"MLflow tracking URI {uri}: {path} is a folder, not a database file; name a file, "
+                          f"e.g. sqlite:///{path / 'mlflow.db'}")
+    if not path.exists() or path.stat().st_size == 0:
+        return  # MLflow creates it
+    fix = "move it away (MLflow then starts a new one) or point mlflow.tracking_uri at the right file"
+    with path.open("rb") as f:
+        if f.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+            raise ConfigError(f"MLflow tracking URI {uri}: {path} is not a SQLite database; {fix}")
+    try:
+        con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if _MLFLOW_TABLES <= tables:
+                con.execute("SELECT count(*) FROM experiments").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise ConfigError(f"MLflow tracking URI {uri}: {path} is damaged ({e}); {fix}") from None
+    if tables and not _MLFLOW_TABLES <= tables:
+        raise ConfigError(f"MLflow tracking URI {uri}: {path} is a SQLite database of another program (no MLflow "
+                          f"tables, has {', '.join(sorted(tables)[:3])}); {fix}")
+
+
+@contextmanager
+def creation_lock(uri: str) -> Iterator[None]:
+    """Serialise the first touch of a SQLite store (MLflow creates its tables then: two drivers
+    doing it at once crash one of them) and the creation of an experiment, across processes.
+    The lock file ``.<db name>.lock`` beside the database stays (removing lock files is racy)."""
+    if not uri.lower().startswith("sqlite:"):
+        yield
+        return
+    from filelock import FileLock
+
+    db = _sqlite_path(uri)[0]
+    with FileLock(db.with_name(f".{db.name}.lock"), timeout=300):
+        yield

@@ -15,6 +15,7 @@ from mtl.config import affects_pretraining, check_against_data, recipe_note
 from mtl.data import split_stats
 from mtl.data.evalset import check_eval_shapes, index_eval
 from mtl.errors import ConfigError
+from mtl.files import check_writable_dir
 from mtl.schema import dotted
 from mtl.tune.spec import SweepSpec
 
@@ -64,49 +65,81 @@ def finished_summary(spec: SweepSpec) -> dict[str, Any] | None:
 
 
 def preflight(spec: SweepSpec, *, resume: bool = False) -> Launch:
-    """All checks that need neither Ray nor any write.
+    """All checks that need neither Ray nor any write: :func:`check_inputs`, then
+    :func:`check_state` (the driver runs the two apart, holding the sweep's claim between them)."""
+    return check_state(spec, check_inputs(spec), resume=resume)
+
+
+def check_inputs(spec: SweepSpec) -> str | None:
+    """What the user gave, and the environment it names: the data (layouts, shapes, the test
+    set), the storage folder, the MLflow store. Returns the resolved tracking URI (None: off)."""
+    check_data(spec)
+    check_writable_dir(spec.storage, "storage", "point --storage (or storage: in the spec) at a writable folder")
+    if not spec.settings.mlflow.enabled:
+        return None
+    from mtl.tracking.uri import check_tracking_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(spec.settings.mlflow.tracking_uri)
+    check_tracking_uri(uri)
+    return uri
+
+
+def check_state(spec: SweepSpec, uri: str | None, *, resume: bool = False) -> Launch:
+    """What the storage holds of a sweep of this name, against what this launch asks for.
 
     A sweep of this name that already finished is not run again, with or without --resume
     (``Launch.finished`` holds its summary) when its settings are the same; with other settings
     it is an error that asks for another name."""
-    check_data(spec)
     exp = spec.experiment_dir
     done = finished_summary(spec)
     if done is not None:
-        _check_same_sweep(spec, exp / SPEC_FILE, resume)
+        _check_same_sweep(spec, uri, exp / SPEC_FILE, resume)
     elif resume and not exp.exists():
         raise ConfigError(f"nothing to resume: no sweep {spec.name!r} under {spec.storage}; drop --resume to start it")
     elif not resume and exp.exists():
         raise ConfigError(f"sweep {spec.name!r} already exists under {spec.storage} and has not finished; pass "
                           f"--resume to continue it, or --set name=<new name> to start another")
     elif resume:
-        _check_same_sweep(spec, exp / SPEC_FILE, resume)
+        _check_same_sweep(spec, uri, exp / SPEC_FILE, resume)
     # a sweep stopped before Ray Tune saved any state (e.g. while pretraining) starts its trials afresh,
     # keeping its pretraining cache and MLflow runs
     tuner_state = resume and (exp / "tuner.pkl").exists() and any(exp.glob("experiment_state-*.json"))
-    uri = None
-    if spec.settings.mlflow.enabled:
-        from mtl.tracking.uri import check_tracking_uri, resolve_tracking_uri
-
-        uri = resolve_tracking_uri(spec.settings.mlflow.tracking_uri)
-        check_tracking_uri(uri)
     return Launch(spec, exp / "pretrain_cache", uri, spec.settings.mlflow.experiment or spec.name, tuner_state,
                   reattach=resume, finished=done)
 
 
-def identity(spec: SweepSpec) -> dict[str, Any]:
+def identity(spec: SweepSpec, uri: str | None = None) -> dict[str, Any]:
     """What a resumed sweep must share with its first launch (Ray Tune restores the searcher,
-    scheduler and trials from its own state; trials get the base config from this launch)."""
+    scheduler and trials from its own state; trials get the base config from this launch), and
+    where its MLflow runs are (a resume elsewhere would start a second set of runs)."""
     d = spec.describe()
-    return dotted({"base": d["base_config"], "space": d["space"], "tune": d["settings"]["tune"]})
+    return {**dotted({"base": d["base_config"], "space": d["space"], "tune": d["settings"]["tune"]}),
+            _TRACKING: uri, _EXPERIMENT: spec.settings.mlflow.experiment or spec.name if uri else None}
 
 
-def _check_same_sweep(spec: SweepSpec, path: Path, resume: bool) -> None:
+_TRACKING, _EXPERIMENT = "mlflow.tracking_uri", "mlflow.experiment"
+
+
+def _check_same_sweep(spec: SweepSpec, uri: str | None, path: Path, resume: bool) -> None:
     if not path.is_file():
         return
-    first = json.loads(path.read_text())
-    now = json.loads(json.dumps(identity(spec)))
-    diff = sorted(k for k in first.keys() | now.keys() if first.get(k) != now.get(k))
+    try:
+        first = json.loads(path.read_text())
+        if not isinstance(first, dict):
+            raise ValueError("not a mapping")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} is damaged ({e}); it records the sweep's first launch: restore it, or "
+                          f"--set name=<new name> to start another sweep") from None
+    now = json.loads(json.dumps(identity(spec, uri)))
+    keys = first.keys() | now.keys()
+    if not resume:  # a finished sweep is only read again: where its runs are does not matter
+        keys -= {_TRACKING, _EXPERIMENT}
+    keys -= {k for k in (_TRACKING, _EXPERIMENT) if k not in first}  # recorded since the tracking URI check
+    diff = sorted(k for k in keys if first.get(k) != now.get(k))
+    if resume and _TRACKING in diff and first[_TRACKING] and now[_TRACKING]:
+        raise ConfigError(f"--resume of sweep {spec.name!r} with MLflow tracking URI {now[_TRACKING]} but its first "
+                          f"launch logged to {first[_TRACKING]}; resume from the first launch's folder or set "
+                          "mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to that URI")
     if diff:
         shown = ", ".join(f"{k} ({first.get(k)!r} -> {now.get(k)!r})" for k in diff[:4]) + (" ..." if len(diff) > 4 else "")
         if resume:

@@ -14,6 +14,7 @@ from typing import Any
 
 from mtl.config import affects_pretraining
 from mtl.configs import save_config
+from mtl.data.evalset import decode_splits
 from mtl.files import write_json_atomic, write_text_atomic
 from mtl.tune import SweepInterrupted
 from mtl.tune.cluster import (
@@ -27,7 +28,8 @@ from mtl.tune.cluster import (
     tune_verbosity,
 )
 from mtl.tune.finals import comparison, ray_runner, run_finals
-from mtl.tune.preflight import SPEC_FILE, Launch, identity, preflight
+from mtl.tune.claim import SweepClaim
+from mtl.tune.preflight import SPEC_FILE, Launch, check_inputs, check_state, identity
 from mtl.tune.spec import SweepSpec
 from mtl.tune.summary import (
     artifacts,
@@ -48,18 +50,24 @@ _USER_MAX_PENDING = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")  # a user's own
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = False,
               ray_init: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run (or resume) a sweep end to end; returns the summary also written to summary.json."""
-    launch = preflight(spec, resume=resume)
-    if launch.finished is not None:  # ran to its end already: changes nothing, not even its wall time
-        log.info("sweep %s finished already (%s); nothing to run", spec.name, spec.experiment_dir / "summary.json")
-        return {**launch.finished, "reused": True}
-    start = time.time()
-    connect(address, **(ray_init or {}))
-    sigterm = sigterm_as_ctrl_c()
-    try:
-        return _run(launch, start)
-    finally:
-        restore_sigterm(sigterm)
+    """Run (or resume) a sweep end to end; returns the summary also written to summary.json.
+
+    The sweep's claim (:mod:`mtl.tune.claim`) is held from the check of what the storage holds
+    to the end, so two launches of one name never both run."""
+    uri = check_inputs(spec)
+    with SweepClaim(spec.storage, spec.name):
+        launch = check_state(spec, uri, resume=resume)
+        if launch.finished is not None:  # ran to its end already: changes nothing, not even its wall time
+            log.info("sweep %s finished already (%s); nothing to run", spec.name, spec.experiment_dir / "summary.json")
+            return {**launch.finished, "reused": True}
+        start = time.time()
+        decode_splits(spec.base)  # a corrupt image of any split the sweep reads: found before Ray and training
+        connect(address, **(ray_init or {}))
+        sigterm = sigterm_as_ctrl_c()
+        try:
+            return _run(launch, start)
+        finally:
+            restore_sigterm(sigterm)
 
 
 def _run(launch: Launch, start: float) -> dict[str, Any]:
@@ -68,7 +76,7 @@ def _run(launch: Launch, start: float) -> dict[str, Any]:
     exp = spec.experiment_dir
     exp.mkdir(parents=True, exist_ok=True)
     if not (exp / SPEC_FILE).exists():
-        write_json_atomic(exp / SPEC_FILE, identity(spec))
+        write_json_atomic(exp / SPEC_FILE, identity(spec, launch.tracking_uri))
     tracker = None
     from mtl.tune.progress import progress_callback  # ray.tune: only once Ray runs
 

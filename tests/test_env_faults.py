@@ -1,0 +1,234 @@
+"""Faults of the environment a sweep or a run names, found before Ray and before any training:
+storage and --out that cannot hold files, MLflow stores that are damaged, foreign or answer
+only half, a resume against another store, a corrupt image in the test split, a sweep of the
+same name already running. Each is one line on stderr, exit 2, nothing left behind; plus the
+claim itself (stale claims are taken over) and the serialised creation of a new mlflow.db."""
+
+from __future__ import annotations
+
+import http.server
+import importlib.util
+import json
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from tune_support import LAUNCH, SMOKE
+
+from mtl.cli import main as mtl_main
+from mtl.tune.claim import SweepClaim
+
+
+def _launch_main():
+    loader = importlib.util.spec_from_file_location("launch_tune_env", LAUNCH)
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module.main
+
+
+class _HalfServer(http.server.BaseHTTPRequestHandler):
+    """An MLflow server whose web front answers and whose API fails (its store is down)."""
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.send_response(200 if self.path == "/health" else 500)
+        self.end_headers()
+        self.wfile.write(b"OK" if self.path == "/health" else b"Internal Server Error")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def half_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HalfServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _folder_dataset(root: Path, corrupt: str | None = None) -> Path:
+    """Class folders of solid 12 px PNGs, 5 classes x 20 images per split; ``corrupt``: the split
+    that gets one file of garbage with an image's name."""
+    for split in ("train", "val", "test"):
+        for c in range(5):
+            d = root / split / f"{split}{c}"
+            d.mkdir(parents=True)
+            for i in range(20):
+                Image.new("RGB", (12, 12), (40 * c, 10 * i, 90)).save(d / f"{i}.png")
+    if corrupt:
+        (root / corrupt / f"{corrupt}0" / "5.png").write_bytes(b"\x89PNG but not really")
+    return root
+
+
+def _foreign_db(path: Path) -> None:
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE photos (id INTEGER, name TEXT)")
+    con.commit()
+    con.close()
+
+
+def _prepare(case: str, tmp: Path, server: str) -> tuple[list[str], list[str]]:
+    """(extra launch args, words the message must hold) for one case; files it needs made in ``tmp``."""
+    db = tmp / "store" / "mlflow.db"
+    db.parent.mkdir()
+    sqlite = f"sqlite:///{db}"
+    if case == "storage-is-a-file":
+        (tmp / "results").write_text("x")
+        return ["--storage", "results"], ["storage", "results is a file, not a folder", "--storage"]
+    if case == "storage-under-a-file":
+        (tmp / "f").write_text("x")
+        return ["--storage", "f/results"], ["lies under the file", "writable folder"]
+    if case == "mlflow-db-is-a-folder":
+        db.mkdir()
+        return ["--set", f"mlflow.tracking_uri={sqlite}"], ["mlflow.db is a folder", "name a file"]
+    if case == "mlflow-db-not-sqlite":
+        db.write_bytes(b"these are not the tables you are looking for" * 20)
+        return ["--set", f"mlflow.tracking_uri={sqlite}"], ["is not a SQLite database", "move it away"]
+    if case == "mlflow-db-damaged":
+        db.write_bytes(b"SQLite format 3\x00" + os.urandom(3000))
+        return ["--set", f"mlflow.tracking_uri={sqlite}"], ["is damaged", "move it away"]
+    if case == "mlflow-db-foreign":
+        _foreign_db(db)
+        return ["--set", f"mlflow.tracking_uri={sqlite}"], ["database of another program", "photos"]
+    if case == "mlflow-api-fails":
+        return ["--set", f"mlflow.tracking_uri={server}"], ["unreachable (HTTP 500", "/api/2.0/mlflow/", "mlflow server"]
+    if case == "resume-other-tracking-uri":
+        from mtl.files import write_json_atomic
+        from mtl.tune.preflight import SPEC_FILE, identity
+        from mtl.tune.spec import load_spec
+
+        spec = load_spec(SMOKE, ["storage=results", f"mlflow.tracking_uri=sqlite:///{tmp / 'first.db'}"])
+        spec.experiment_dir.mkdir(parents=True)
+        write_json_atomic(spec.experiment_dir / SPEC_FILE, identity(spec, f"sqlite:///{tmp / 'first.db'}"))
+        return (["--resume", "--set", f"mlflow.tracking_uri={sqlite}"],
+                ["--resume of sweep 'smoke' with MLflow tracking URI", "first launch logged to", "first.db",
+                 "resume from the first launch's folder"])
+    if case == "corrupt-test-image":
+        root = _folder_dataset(tmp / "imgs", corrupt="test")
+        sets = ["data.dataset=folder", f"data.root={root}", "data.image_size=16", "meta.way=3", "meta.shot=1",
+                "meta.query=2", "eval.query=2", "mlflow.enabled=false"]
+        return ([a for s in sets for a in ("--set", s)],
+                ["cannot decode image", "test0/5.png", "remove or replace the file"])
+    raise AssertionError(case)
+
+
+CASES = ["storage-is-a-file", "storage-under-a-file", "mlflow-db-is-a-folder", "mlflow-db-not-sqlite",
+         "mlflow-db-damaged", "mlflow-db-foreign", "mlflow-api-fails", "resume-other-tracking-uri",
+         "corrupt-test-image"]
+
+
+def _no_ray(*args, **kwargs):
+    raise AssertionError("Ray was started")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_environment_fault_fails_in_one_line_before_ray(case, tmp_path, monkeypatch, capsys, half_server):
+    for k in [k for k in os.environ if k.startswith(("MLFLOW_", "RAY_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("MTL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    import mtl.tune.sweep
+
+    monkeypatch.setattr(mtl.tune.sweep, "connect", _no_ray)
+    args, words = _prepare(case, tmp_path, half_server)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "cache" not in p.parts)
+    code = _launch_main()([str(SMOKE), "--storage", "results", *args])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "cache" not in p.parts)
+    assert after == before  # nothing written: no storage folder, claim, database or run
+
+
+def test_single_run_with_a_corrupt_test_image_fails_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MTL_CACHE_DIR", str(tmp_path / "cache"))
+    root = _folder_dataset(tmp_path / "imgs", corrupt="test")
+    import mtl.experiment
+
+    monkeypatch.setattr(mtl.experiment, "run_trial", _no_ray)  # training must not start
+    sets = ["data.dataset=folder", f"data.root={root}", "data.image_size=16", "meta.way=3", "meta.shot=1",
+            "meta.query=2", "eval.query=2"]
+    code = mtl_main(["train", "synthetic", *[a for s in sets for a in ("--set", s)], "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot decode image" in err and "test0/5.png" in err, err[-2000:]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "under-a-file"])
+def test_single_run_out_that_cannot_hold_files(kind, tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" if kind == "file" else tmp_path / "f" / "run"
+    assert mtl_main(["train", "synthetic", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--out" in err and ("is a file" in err or "under the file" in err), err
+    assert (tmp_path / "f").read_text() == "x"
+
+
+def test_second_launch_of_a_running_sweep_is_refused_with_its_owner(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    import socket
+
+    with SweepClaim(tmp_path / "results", "smoke"):
+        code = _launch_main()([str(SMOKE), "--storage", "results"])
+        err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert f"sweep 'smoke' is running under {tmp_path / 'results'}" in err
+    assert f"claimed by {socket.gethostname()}:{os.getpid()}" in err and "--set name=" in err
+    assert not (tmp_path / "results").exists()  # the holder made it, and removed it when done
+
+
+def test_claim_of_a_killed_driver_is_taken_over(tmp_path):
+    """A driver killed with SIGKILL cannot clean up; its lock dies with it, so the next launch
+    (a --resume) claims the sweep, and a second claim while that one holds is refused."""
+    storage = tmp_path / "results"
+    code = ("import sys, time; from pathlib import Path; from mtl.tune.claim import SweepClaim\n"
+            "c = SweepClaim(Path(sys.argv[1]), 'smoke'); c.acquire(); print('held', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(storage)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"  # waits for the claim, not for a time
+        with pytest.raises(Exception, match="is running"):
+            SweepClaim(storage, "smoke").acquire()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert json.loads((storage / ".smoke.owner.json").read_text())["pid"] == proc.pid  # left behind
+    with SweepClaim(storage, "smoke") as claim:
+        assert json.loads(claim.owner_path.read_text())["pid"] == os.getpid()
+        with pytest.raises(Exception, match=f"claimed by .*:{os.getpid()}"):
+            SweepClaim(storage, "smoke").acquire()
+    assert not (storage / ".smoke.claim").exists() and not (storage / ".smoke.owner.json").exists()
+
+
+def _open_store(uri: str, name: str, barrier) -> str:
+    from mtl.tracking.mlflow import SweepTracker
+
+    barrier.wait()
+    tracker = SweepTracker(uri, "shared-experiment", name, planned_epochs=1)
+    return tracker.start({"x": 1})
+
+
+@pytest.mark.slow
+def test_concurrent_first_use_of_a_new_mlflow_db(tmp_path):
+    """Three drivers that open one fresh mlflow.db at the same moment (a barrier) all get their run in
+    one experiment: MLflow's table creation and the experiment's creation are serialised."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Manager().Barrier(3)
+    with ctx.Pool(3) as pool:
+        runs = pool.starmap(_open_store, [(uri, f"sweep{i}", barrier) for i in range(3)])
+    assert len(set(runs)) == 3
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("shared-experiment")
+    assert {r.info.run_id for r in client.search_runs([exp.experiment_id])} == set(runs)
