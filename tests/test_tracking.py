@@ -80,13 +80,15 @@ def test_check_rejects_bad_targets_without_creating_files(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_check_accepts_a_server_that_answers_health(monkeypatch):
+def test_check_accepts_a_server_that_answers_health_and_its_api(monkeypatch):
+    """/health and the API (MLflow answers an unknown experiment with its own 404)."""
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            api = self.path.startswith("/api/2.0/mlflow/experiments/get-by-name?")
             self.send_response(200 if self.path == "/health" else 404)
             self.end_headers()
-            self.wfile.write(b"OK")
+            self.wfile.write(b'{"error_code": "RESOURCE_DOES_NOT_EXIST"}' if api else b"OK")
 
         def log_message(self, *args):
             pass
