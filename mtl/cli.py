@@ -1,7 +1,9 @@
 """``python -m mtl train CONFIG``, ``python -m mtl evaluate CHECKPOINT``,
 ``python -m mtl predict CHECKPOINT --support DIR --query PATH...`` and ``python -m mtl report STORAGE/NAME``.
 
-Errors in the user's input print one line (``error: ...``) and exit with status 2.
+Errors in the user's input print one line (``error: ...``) and exit with status 2. Training that
+diverges (a loss became non-finite) prints one line (``diverged: ...``) and exits with status 3;
+``train`` writes the run's result.json marked so when meta-training diverged.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mtl.configs import packaged_configs
-from mtl.errors import MTLError
+from mtl.errors import Diverged, MTLError
 
 log = logging.getLogger("mtl")
 
@@ -60,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         return {"train": _train, "evaluate": _evaluate, "predict": _predict, "report": _report}[args.command](args)
+    except Diverged as e:
+        print(f"diverged: {e}", file=sys.stderr)
+        return 3
     except MTLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -78,6 +83,12 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out or f"runs/{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     res = run_experiment(cfg, out, resume=args.resume)
+    if res["diverged"]:
+        at = res["diverged"]
+        print(f"diverged: meta-training's loss became non-finite at update {at['update']} (epoch {at['epoch']}); "
+              f"lower meta.inner_lr or the meta lrs; nothing was tested; results in {out}/result.json",
+              file=sys.stderr)
+        return 3
     print(f"val accuracy  {100 * res['val_acc']:.2f}% (best epoch {res['best_epoch']})")
     print(f"test accuracy {100 * res['test_acc']:.2f}% ± {100 * res['test_ci95']:.2f} "
           f"(95% CI over {res['test_episodes']} episodes; {res['protocol']})")

@@ -7,7 +7,9 @@ Folder layout (``--out DIR``)::
     backbone.pt        the pre-trained backbone meta-transfer started from (a copy of its store entry)
     meta_state.pt      resumable meta-transfer state (last epoch, the best state, the backbone weights)
     result.json        test accuracy with its 95% CI, best validation accuracy, per-episode accuracies,
-                       the training and the test data (eval.data: another dataset for cross-domain tests)
+                       the training and the test data (eval.data: another dataset for cross-domain tests);
+                       ``diverged``: null, or where meta-training diverged ({"epoch", "update"}: then
+                       there is no test, and meta_state.pt holds the last epoch before it)
 
 The trial itself is :func:`mtl.trial.run_trial`, the same core the Ray Tune trainable calls;
 pretraining goes through the shared store beside the image cache (:func:`mtl.trial.pretrain_store`),
@@ -117,9 +119,15 @@ def run_experiment(cfg: Config, out: str | Path, *, resume: bool = False,
     meta = run_trial(cfg, store=pretrain_store(cfg), report=on_epoch, resume=state, env=env, data=data,
                      embed_backbone=True)
     del data
+    if meta.diverged:
+        result = {"diverged": meta.diverged, "test_acc": None, "test_ci95": None, "val_acc": None,
+                  "best_epoch": None, "train_data": describe(cfg.data), "config": cfg.to_dict()}
+        write_json_atomic(run.result, result)
+        return result
     final = load_checkpoint(run.meta_state, "meta")
     t = test_checkpoint(final, cfg, env, load_test(cfg, env))
     result = {
+        "diverged": None,
         "test_acc": t["acc"],
         "test_ci95": t["ci95"],
         "val_acc": meta.best_acc,

@@ -39,6 +39,7 @@ from mtl.runtime import Env, make_env
 log = logging.getLogger(__name__)
 
 # report(metrics, checkpoint): every epoch of both phases; checkpoint is None for pretraining epochs
+# and for the meta epoch that diverged (metrics["diverged"] == 1: the last report)
 Report = Callable[[dict[str, Any], "dict[str, Any] | None"], None]
 
 
@@ -154,7 +155,12 @@ def run_trial(cfg: Config, *, store: str | Path, report: Report, resume: dict[st
     (a checkpoint this function reported). After every meta epoch ``report(metrics, checkpoint)`` gets
     a checkpoint that resumes the trial; with ``embed_backbone`` it also holds the backbone weights,
     so that it stands alone (``python -m mtl evaluate``). ``env`` and ``data`` (:func:`load_data`)
-    are made here unless the caller already has them."""
+    are made here unless the caller already has them.
+
+    Meta-training that diverges (:mod:`mtl.phases.divergence`) is a result, not an error: its epoch
+    is reported marked ``diverged`` with every metric at its worst and no checkpoint (the weights
+    after a non-finite update are no model), a warning says where, and the trial ends there
+    (``trainer.diverged``). Pretraining that diverges raises :class:`~mtl.errors.Diverged`."""
     env = env or make_env(cfg.runtime)
     data = data or load_data(cfg, env)
     backbone = pretrained_backbone(cfg, env, data, store, who=who, report=report)
@@ -169,10 +175,22 @@ def run_trial(cfg: Config, *, store: str | Path, report: Report, resume: dict[st
         log.info("resuming meta-training after epoch %d", trainer.epoch)
     while not trainer.done:
         metrics = trainer.run_epoch()
+        if trainer.diverged:
+            log.warning(diverged_line(cfg, trainer.diverged))
+            report(metrics, None)
+            break
         ck = {**trainer.state_dict(), "config": cfg.to_dict(), "backbone_ref": backbone.ref,
               "backbone": backbone.state if embed_backbone else None}
         report(metrics, ck)
     return trainer
+
+
+def diverged_line(cfg: Config, at: dict[str, int]) -> str:
+    """``meta-training diverged at update 9 (epoch 3): ...``, what to change included."""
+    m = cfg.meta
+    return (f"meta-training diverged at update {at['update']} (epoch {at['epoch']}): its loss became non-finite, "
+            f"so the run stops with every metric at its worst; lower meta.inner_lr (now {m.inner_lr:g}) or the "
+            f"meta lrs (lr_ss {m.lr_ss:g}, lr_head {m.lr_head:g})")
 
 
 class _Replay:

@@ -111,3 +111,43 @@ def test_the_command_exits_2_with_one_line(tmp_path):
     r = _run_cli("train", "nosuchconfig", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and r.stderr.startswith("error: config 'nosuchconfig' not found") and r.stderr.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_a_run_that_diverges_writes_its_result_so_and_exits_3(finished, tmp_path, capsys, monkeypatch):
+    from mtl.phases.meta import MetaTrainer
+
+    real, calls = MetaTrainer.task_stats, []
+
+    def task_stats(self, *args, **kwargs):  # the loss is NaN from the 2nd update on
+        calls.append(1)
+        stats = real(self, *args, **kwargs)
+        return {**stats, "loss": stats["loss"] * float("nan")} if len(calls) >= 2 else stats
+
+    monkeypatch.setattr(MetaTrainer, "task_stats", task_stats)
+    out = tmp_path / "o"
+    assert main(["train", "synthetic", *_sets(TINY), "--out", str(out), "-q"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("diverged: meta-training's loss became non-finite at update 2 (epoch 1); lower "
+                          "meta.inner_lr") and "\n" not in err
+    res = json.loads((out / "result.json").read_text())
+    assert res["diverged"] == {"epoch": 1, "update": 2} and res["test_acc"] is None
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["diverged"] == 1
+    assert not (out / "meta_state.pt").exists()  # no epoch finished before it: no model to keep
+
+
+def test_pretraining_that_diverges_exits_3_and_publishes_nothing(tmp_path, capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from mtl.phases import pretrain
+
+    nan_loss = SimpleNamespace(cross_entropy=lambda out, y: F.cross_entropy(out, y) * float("nan"))
+    monkeypatch.setattr(pretrain, "F", nan_loss)
+    cache = tmp_path / "cache"
+    code = main(["train", "synthetic", *_sets(TINY), "--set", f"data.cache_dir={cache}", "--out", str(tmp_path / "o"),
+                 "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 3 and err == ("diverged: pretraining loss became non-finite at step 1 of epoch 1; "
+                                 "lower pretrain.lr (now 0.05)")
+    assert not list((cache / "pretrain").glob("*/backbone.pt"))

@@ -89,6 +89,11 @@ def test_trial_end_line_of_each_outcome(tmp_path):
     diverged = P.trial_end_line(_trial("t05", epoch=1, val=0.2, error=DIVERGED, tmp=tmp_path), 4, errored=True)
     assert diverged == ("trial t05 diverged at epoch 1/4: mtl.errors.MTLError: meta-training loss became nan in "
                         "epoch 3; lower meta.inner_lr or the meta lrs")
+    reported = _trial("t10", epoch=3, val=0.0)  # how a trial diverges now: a last result, no error
+    reported.last_result.update(diverged=1, diverged_update=9)
+    assert P.trial_end_line(reported, 4, errored=False) == (
+        "trial t10 diverged at epoch 3/4 (update 9): its loss became non-finite; it counts with every metric at "
+        "its worst")
     crashed = P.trial_end_line(_trial("t07", error=CRASHED, tmp=tmp_path), 4, errored=True)
     trace = tmp_path / "storage" / "trial_t07" / "error.txt"  # where the sweep's folder will hold it
     assert crashed == f"trial t07 errored before its first epoch: RuntimeError: CUDA out of memory; trace: {trace}"

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from mtl.errors import ConfigError, MTLError
-from mtl.tune.summary import figures, format_table, next_steps, ties
+from mtl.tune.outcome import trial_row
+from mtl.tune.summary import figures, format_table, next_steps, summary_metrics, ties, verdict
 
 
 def _trial(tid, acc, ci, epochs=4, planned=4, lr=0.1):
@@ -44,6 +45,32 @@ def test_table_shows_the_interval_the_ties_and_the_planned_length(tmp_path):
     assert "no other trial within its 95% CI" in alone
 
 
+def _diverged(tid, epoch=2):
+    """The row of a trial whose last result is the trainer's diverged one (mtl.tune.trainable)."""
+    last = {"epoch": epoch, "val_acc": 0.0, "best_val_acc": 0.0, "train_loss": float("inf"), "diverged": 1,
+            "diverged_update": 5}
+    return trial_row(tid, {"meta.inner_lr": 80.0}, last, None, 4, checkpoint=f"/x/{tid}",
+                     history=[{"epoch": epoch, "val_acc": 0.0}])
+
+
+def test_diverged_trials_are_their_own_outcome_in_the_table_and_the_metrics(tmp_path):
+    s = _summary(tmp_path, [_trial("a", 0.80, 0.01), _trial("b", 0.6, 0.01, epochs=2), _diverged("c")])
+    text = format_table(s)
+    assert "3 trials (1 completed, 1 stopped early by ASHA, 1 diverged, 0 errored)" in text
+    row = next(line for line in text.splitlines() if line.lstrip().startswith("c "))
+    assert row.split()[-2:] == ["2/4", "diverged"] and "0.00%" in row
+    assert summary_metrics(s)["diverged"] == 1.0 and summary_metrics(s)["errored"] == 0.0
+    assert s["trials"][2]["checkpoint"] is None  # no model to test or to win
+
+
+def test_the_verdict_says_when_the_base_config_or_every_trial_diverged(tmp_path):
+    s = {**_summary(tmp_path, [_trial("a", 0.80, 0.01), _diverged("c")]), "baseline": {"trial_id": "c"}}
+    assert verdict(s).startswith("the base config diverged (its loss became non-finite), so any config that trains "
+                                 "beats it; the best config found is meta.inner_lr=0.1")
+    none = {**_summary(tmp_path, [_diverged("c")]), "best": None}
+    assert verdict(none).startswith("every trial diverged: lower the searched learning rates")
+
+
 def test_next_steps_name_the_winner_and_the_commands(tmp_path):
     text = next_steps(_summary(tmp_path, [_trial("a", 0.8, 0.01)]))
     ck = tmp_path / "smoke" / "best" / "meta_state.pt"
@@ -67,6 +94,9 @@ def test_importance_compares_every_trial_at_the_same_budget(tmp_path, monkeypatc
     # a's and c's values at epoch 2, not their final ones
     assert [r["val_acc"] for r in seen["rows"]] == [pytest.approx(0.78), pytest.approx(0.6), pytest.approx(0.68)]
     assert seen["space"] == {"meta.inner_lr": {"loguniform": [0.01, 0.5]}}
+    # a trial that diverged at epoch 1 does not shrink the budget: it counts at its worst
+    figures(_summary(tmp_path, [*trials, _diverged("d", epoch=1)]))
+    assert seen["budget"].startswith("epoch 2") and seen["rows"][-1] == {"meta.inner_lr": 80.0, "val_acc": 0.0}
 
 
 def test_importance_uses_the_spaces_distributions():

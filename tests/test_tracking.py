@@ -504,7 +504,8 @@ def test_bookkeeping_is_tagged_not_plotted(store):
         cb.on_trial_result(0, [], trial, result)
     client = mlflow.MlflowClient(store[0])
     run = client.get_run(tracker.children["t1"])
-    assert set(run.data.metrics) == set(REPORTED) - {"epoch", "updates", "hard_share_total"} | {"time_this_iter_s"}
+    tagged = {"epoch", "updates", "hard_share_total", "diverged", "diverged_update"}
+    assert set(run.data.metrics) == set(REPORTED) - tagged | {"time_this_iter_s"}
     assert set(run.data.metrics) >= {"val_acc", "val_ci95", "best_val_acc", "train_loss", "train_acc", "hard_share",
                                      "episodes_per_s", "lr_ss", "lr_head", "time_this_iter_s"}
     tags = run.data.tags
@@ -573,6 +574,8 @@ mtl.errors.MTLError: meta-training loss became nan in epoch 3; lower meta.inner_
 
 
 def test_outcome_of_each_kind_from_hand_made_inputs():
+    assert outcome({"epoch": 2, "diverged": 1}, None, 4) == "diverged"  # its last result says so; no error
+    assert outcome({"epoch": 0, "diverged": 1}, None, 4) == "diverged"  # in its own pretraining
     assert outcome({"epoch": 4}, None, 4) == "completed"
     assert outcome({"epoch": 2}, None, 4) == "stopped_early"
     assert outcome({}, None, 4) == "stopped_early"  # stopped before its first report
@@ -597,7 +600,8 @@ def test_trial_row_holds_the_summary_keys():
                     checkpoint="/ck", history=history)
     assert row == {"trial_id": "t1", "seq": None, "config": {"meta.inner_lr": 0.1}, "val_acc": 0.32, "best_val_acc": 0.32,
                    "val_ci95": 0.02, "best_val_ci95": None, "train_loss": 0.9, "epoch": 2, "planned_epochs": 4,
-                   "outcome": "stopped_early", "stopped_early": True, "error": None, "checkpoint": "/ck",
+                   "outcome": "stopped_early", "stopped_early": True, "diverged_update": None, "error": None,
+                   "checkpoint": "/ck",
                    "history": [{"epoch": 1, "val_acc": 0.31}, {"epoch": 2, "val_acc": 0.32}]}
     failed = trial_row("t2", None, None, DIVERGED_TRACE, 4)
     assert (failed["outcome"], failed["stopped_early"], failed["epoch"]) == ("diverged", False, 0)
@@ -619,6 +623,27 @@ def test_diverged_trial_is_tagged_so(store, tmp_path):
     run = mlflow.MlflowClient(uri).get_run(tracker.children["t9"])
     assert (run.data.tags["outcome"], run.info.status) == ("diverged", "FAILED")
     assert run.data.tags["error"] == error_message(DIVERGED_TRACE)
+
+
+def test_a_trial_that_reports_divergence_is_a_diverged_run_with_its_worst_metrics(store):
+    """A diverged trial ends without an error (mtl.tune.trainable): its last result says so."""
+    uri = store[0]
+    tracker = SweepTracker(uri, "diverged-result-test", "sweep-d", planned_epochs=EPOCHS)
+    tracker.start({})
+    cb = tracker.callback()
+    last = {**_result(2, 0.0), "best_val_acc": 0.0, "train_loss": float("inf"), "diverged": 1, "diverged_update": 7}
+    trial = FakeTrial("t3", {"meta.inner_lr": 50.0}, last_result=last)
+    cb.on_trial_start(0, [], trial)
+    cb.on_trial_result(0, [], trial, _result(1, 0.4))
+    cb.on_trial_result(0, [], trial, last)
+    cb.on_trial_complete(0, [], trial)
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(tracker.children["t3"])
+    assert (run.data.tags["outcome"], run.info.status) == ("diverged", "FAILED") and "error" not in run.data.tags
+    assert (run.data.tags["diverged"], run.data.tags["diverged_update"]) == ("1", "7")  # tags, not series
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "val_acc")] == [0.4, 0.0]
+    row = trial_row("t3", trial.config, last, None, EPOCHS, checkpoint="/ck/epoch1")
+    assert (row["outcome"], row["diverged_update"], row["checkpoint"]) == ("diverged", 7, None)  # never a winner
 
 
 

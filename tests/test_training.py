@@ -169,3 +169,75 @@ def test_pretraining_resumes_exactly(tmp_path):
         second.run_epoch()
     assert _strip(second.history) == _strip(full.history)
     assert all(torch.equal(full.best_state[k], second.best_state[k]) for k in full.best_state)
+
+
+def _poison(t, at):
+    """From the ``at``-th outer update on (1-based), the trainer's meta-batch loss is NaN."""
+    real, calls = t.task_stats, []
+
+    def task_stats(*args, **kwargs):
+        calls.append(1)
+        stats = real(*args, **kwargs)
+        return {**stats, "loss": stats["loss"] * float("nan")} if len(calls) >= at else stats
+
+    t.task_stats = task_stats
+
+
+def _finite(t):
+    return all(torch.isfinite(v).all() for v in [*ss_parameters(t.model), *t.head.parameters()])
+
+
+def test_a_non_finite_loss_ends_meta_training_at_its_update_as_a_worst_result(pretrained):
+    # on a CPU every update is checked before it is applied: the weights never see the NaN
+    cfg, env, data = _setup("hard_tasks.ratio=0")  # 4 updates an epoch
+    t = meta_trainer(cfg, env, data, pretrained)
+    _poison(t, 6)
+    first = t.run_epoch()
+    assert "diverged" not in first and first["val_acc"] > 0
+    m = t.run_epoch()  # no exception
+    assert (m["epoch"], m["diverged"], m["diverged_update"]) == (2, 1, 6)
+    assert (m["val_acc"], m["best_val_acc"], m["train_acc"], m["train_loss"]) == (0.0, 0.0, 0.0, float("inf"))
+    assert t.done and t.diverged == {"epoch": 2, "update": 6} and t.step == 5  # the 6th update was not applied
+    assert _finite(t) and t.best_epoch == 1 and t.history[-1] is m
+
+
+def test_on_an_accelerator_the_flag_is_read_every_few_updates_and_names_the_first_bad_one(pretrained):
+    cfg, env, data = _setup("hard_tasks.ratio=0")
+    t = meta_trainer(cfg, env, data, pretrained)
+    t.watch.every = 4  # an accelerator's cadence, on the CPU: one host read per 4 updates
+    _poison(t, 2)
+    m = t.run_epoch()
+    assert (m["epoch"], m["diverged_update"], m["val_acc"]) == (1, 2, 0.0)
+    assert t.step == 3  # updates 2 and 3 ran before the read at the 4th, which stopped the epoch
+
+
+def test_an_exploding_loss_that_stays_finite_is_warned_about_once(pretrained, caplog):
+    cfg, env, data = _setup("meta.inner_lr=1e6", "meta.epochs=2")
+    t = meta_trainer(cfg, env, data, pretrained)
+    with caplog.at_level("WARNING", logger="mtl.phases.divergence"):
+        ms = [t.run_epoch() for _ in range(2)]
+    warned = [r.getMessage() for r in caplog.records if "exploding" in r.getMessage()]
+    assert len(warned) == 1 and "meta-training loss" in warned[0] and "lower meta.inner_lr (now 1e+06)" in warned[0]
+    assert t.done and t.diverged is None and all("diverged" not in m for m in ms)
+
+
+def test_pretraining_that_diverges_stops_at_that_step_with_the_fix(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from mtl.errors import Diverged
+    from mtl.phases import pretrain
+
+    calls = []
+
+    def cross_entropy(out, y):
+        calls.append(1)
+        return F.cross_entropy(out, y) * (float("nan") if len(calls) >= 3 else 1.0)
+
+    monkeypatch.setattr(pretrain, "F", SimpleNamespace(cross_entropy=cross_entropy))
+    cfg, env, data = _setup()
+    p = pretrainer(cfg, env, data)
+    with pytest.raises(Diverged, match=r"pretraining loss became non-finite at step 3 of epoch 1; lower pretrain.lr"):
+        p.run_epoch()
+    assert len(calls) == 3  # the epoch stopped there

@@ -105,6 +105,29 @@ def test_validation_is_kept_per_episode_and_alike_trials_embed_the_test_episodes
     assert out["a"]["val_accs"] == ck["val_accs"] and (tmp_path / "best.pt").is_file()
 
 
+def test_a_trial_that_diverges_reports_a_last_worst_result_without_a_checkpoint(trial, monkeypatch, caplog):
+    from mtl.phases.meta import MetaTrainer
+
+    _, store, _, _ = trial
+    cfg = load_config("synthetic", [*TINY, "hard_tasks.ratio=0"])  # 4 updates an epoch; same pretraining
+    real, calls = MetaTrainer.task_stats, []
+
+    def task_stats(self, *args, **kwargs):  # the loss is NaN from the 6th update on
+        calls.append(1)
+        stats = real(self, *args, **kwargs)
+        return {**stats, "loss": stats["loss"] * float("nan")} if len(calls) >= 6 else stats
+
+    monkeypatch.setattr(MetaTrainer, "task_stats", task_stats)
+    rec = Recorder()
+    with caplog.at_level("WARNING", logger="mtl.trial"):
+        trainer = run_trial(cfg, store=store, report=rec)  # returns: no exception
+    assert [(r["epoch"], r.get("diverged")) for r in rec.rows] == [(1, None), (2, 1)]
+    assert len(rec.checkpoints) == 1 and rec.checkpoints[0]["epoch"] == 1  # nothing saved after the NaN
+    assert rec.rows[-1]["val_acc"] == 0.0 and rec.rows[-1]["best_val_acc"] == 0.0
+    assert trainer.diverged == {"epoch": 2, "update": 6} and trainer.epoch == 2 < cfg.meta.epochs
+    assert "meta-training diverged at update 6 (epoch 2)" in caplog.text and "lower meta.inner_lr" in caplog.text
+
+
 def test_resume_on_another_backbone_is_refused(trial, tmp_path):
     cfg, store, rec, _ = trial
     ck = {**rec.checkpoints[0], "backbone_ref": {**rec.checkpoints[0]["backbone_ref"], "sha256": "0" * 64}}

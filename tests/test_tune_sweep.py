@@ -6,6 +6,7 @@ fake GPU: ecosystem.md §1.4), one SQLite MLflow store, tiny synthetic data.
 * ``resources.gpu: 0.25`` packs four trials on the one GPU at once, and trials that share a
   pretraining setup build it once between them while running concurrently;
 * a trial process killed mid-epoch is retried from its checkpoint (FailureConfig);
+* a trial that diverges ends as a result, diverged, with its metric at its worst: not retried;
 * a sweep stopped by SIGTERM (as by Ctrl+C) is reported as interrupted, without a test of a
   winner, and left resumable.
 """
@@ -317,6 +318,46 @@ def test_trial_killed_mid_epoch_is_retried_from_its_checkpoint(ray_local, store,
     child = children[0]
     assert child.data.tags["retries"] == "1" and child.data.tags["outcome"] == "completed"
     assert child.info.status == "FINISHED"
+
+
+class Failures(tune.Callback):
+    """Driver callback: the trials Ray Tune saw fail (retried or not)."""
+
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self.failed.append(trial.trial_id)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.failed.append(trial.trial_id)
+
+
+def test_a_diverging_trial_is_a_worst_result_and_not_retried(ray_local, store, tmp_path, monkeypatch):
+    from mtl.tune.sweep import run_sweep
+
+    text = """name: diverge
+base: synthetic
+space:
+  meta.inner_lr: {choice: [1.0e38]}
+tune: {num_samples: 1, scheduler: none, max_failures: 2, baseline: false}
+resources: {cpu: 1, gpu: 0}
+"""
+    spec = _spec(tmp_path, store, ["pretrain.epochs=1", "meta.epochs=3"], text)
+    failures = Failures()
+    _add_callback(monkeypatch, failures)
+    summary = run_sweep(spec)
+    assert failures.failed == []  # it ended without an error: nothing to retry
+    (trial,) = summary["trials"]
+    assert (trial["outcome"], trial["epoch"], trial["diverged_update"], trial["error"]) == ("diverged", 1, 1, None)
+    assert trial["best_val_acc"] == 0.0 and trial["checkpoint"] is None
+    (row,) = results(trial_dirs(spec.experiment_dir)[trial["trial_id"]])  # one attempt, one result
+    assert (row["diverged"], row["val_acc"], row["iterations_since_restore"]) == (1, 0.0, 1)
+    assert summary["best"] is None and summary["verdict"].startswith("every trial diverged")
+    _, _, children = _runs(store, "diverge")
+    (child,) = children
+    assert (child.data.tags["outcome"], child.info.status) == ("diverged", "FAILED")
+    assert "retries" not in child.data.tags
 
 
 def test_interrupted_sweep_is_reported_and_left_resumable(ray_local, store, tmp_path, monkeypatch):

@@ -7,11 +7,16 @@ running statistics; one forward per task's support set and per query set while i
 statistics, :class:`~mtl.phases.evaluate.Embedder`), adapt each task's head on its support
 features, score the adapted heads on the query features, average, step. Hard meta-batches
 follow each window of normal ones (docs/algorithm.md §4.3).
+
+A non-finite loss stops training at the first check after it (:mod:`mtl.phases.divergence`):
+that epoch's metrics are marked ``diverged`` with every metric at its worst, and the trainer is
+done.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from typing import Any
 
@@ -20,7 +25,6 @@ import torch
 from mtl.config import Eval, HardTasks, Meta, Model, eval_query, hard_batches_per_window
 from mtl.data.transforms import Normalize
 from mtl.episodes import Episodes, bank_seed, episode_bank, sample_episodes
-from mtl.errors import MTLError
 from mtl.hard_tasks import HardTaskScheduler
 from mtl.models.backbones import create_backbone
 from mtl.models.head import HeadInit, adapt_head, logits, query_stats
@@ -33,8 +37,11 @@ from mtl.models.scale_shift import (
     ss_parameters,
     to_scale_shift,
 )
+from mtl.phases.divergence import NonFiniteWatch, warn_if_exploding, worst_metrics
 from mtl.phases.evaluate import Embedder, evaluate
 from mtl.runtime import Env, RngStream, progress
+
+log = logging.getLogger(__name__)
 
 
 def build_meta_model(spec: Model, env: Env, backbone_state: dict[str, torch.Tensor], source: str = "the backbone"):
@@ -85,10 +92,13 @@ class MetaTrainer:
         # per-episode accuracies on the validation bank, each epoch it was evaluated: trials of a
         # sweep share the bank, so these pair them episode by episode (mtl.tune.stats)
         self.val_accs: list[dict[str, Any]] = []
+        self.watch = NonFiniteWatch(env.device)
+        self.diverged: dict[str, int] | None = None  # {"epoch", "update"} of the first non-finite loss
+        self._warned = False  # of an exploding loss, once
 
     @property
     def done(self) -> bool:
-        return self.epoch >= self.m.epochs
+        return self.diverged is not None or self.epoch >= self.m.epochs
 
     def task_stats(self, source, eps: Episodes, *, steps: int, first_order: bool) -> dict[str, torch.Tensor]:
         """Adapt each task's head on its support set and score it on its query set."""
@@ -98,10 +108,14 @@ class MetaTrainer:
                           steps=steps, lr=m.inner_lr, first_order=first_order)
         return query_stats(logits(fq, w, b), eps.labels(eps.n_query, dev), eps.way)
 
-    def outer_step(self, eps: Episodes) -> dict[str, torch.Tensor]:
+    def outer_step(self, eps: Episodes) -> dict[str, torch.Tensor] | None:
+        """One update on ``eps``; None, and no update, when a check finds a non-finite loss."""
         m = self.m
         stats = self.task_stats(self.train, eps, steps=m.inner_steps, first_order=m.first_order)
         loss = stats["loss"].mean()
+        self.watch.watch(loss, self.step + 1)
+        if self.watch.due(self.step + 1) and self._check():
+            return None
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -123,6 +137,8 @@ class MetaTrainer:
                           desc=f"meta {self.epoch + 1}/{m.epochs}"):
             eps = self.sample()
             stats = self.outer_step(eps)
+            if stats is None:
+                break
             losses.append(stats["loss"].detach().mean())
             accs.append(stats["acc"].mean())
             self.ht.record(eps.classes, stats["class_acc"], stats["class_loss"])
@@ -130,18 +146,31 @@ class MetaTrainer:
             if due is not None:
                 pool, n_hard = due
                 for _ in range(n_hard):
-                    self.outer_step(self.sample(self.ht.hard_classes(pool, m.meta_batch, self.gen)))
+                    if self.outer_step(self.sample(self.ht.hard_classes(pool, m.meta_batch, self.gen))) is None:
+                        break
                     hard += 1
+                if self.diverged:
+                    break
+        lrs = {"lr_ss": self.opt.param_groups[0]["lr"], "lr_head": self.opt.param_groups[1]["lr"]}
+        if self.diverged or self._check():
+            self.hard_updates += hard
+            return {"updates": self.step, **lrs}
         loss = torch.stack(losses).mean().item()
-        if loss != loss or abs(loss) == float("inf"):
-            raise MTLError(f"meta-training loss became {loss} in epoch {self.epoch + 1}; lower meta.inner_lr or the meta lrs")
+        if not self._warned:
+            self._warned = warn_if_exploding(loss, m.way, "meta-training", self.epoch + 1,
+                                             f"lower meta.inner_lr (now {m.inner_lr:g}) or the meta lrs")
         updates = m.batches_per_epoch + hard
         secs = time.perf_counter() - start
         self.hard_updates += hard
         return {"train_loss": loss, "train_acc": torch.stack(accs).mean().item(),
                 "hard_share": hard / updates, "hard_share_total": self.hard_updates / self.step,
-                "episodes_per_s": updates * m.meta_batch / secs, "updates": self.step,
-                "lr_ss": self.opt.param_groups[0]["lr"], "lr_head": self.opt.param_groups[1]["lr"]}
+                "episodes_per_s": updates * m.meta_batch / secs, "updates": self.step, **lrs}
+
+    def _check(self) -> bool:
+        """Read the non-finite flag (one host sync); on the first that is set, mark the trainer diverged."""
+        if self.diverged is None and (update := self.watch.read()) is not None:
+            self.diverged = {"epoch": self.epoch + 1, "update": update}
+        return self.diverged is not None
 
     def evaluate(self, source, episodes: Episodes) -> dict[str, Any]:
         """Few-shot accuracy of the current model and head init on fixed episodes."""
@@ -152,9 +181,15 @@ class MetaTrainer:
                         flip_support=e.protocol == "paper")
 
     def run_epoch(self) -> dict[str, Any]:
-        """Train one epoch, validate on the fixed bank when due, keep the best state."""
+        """Train one epoch, validate on the fixed bank when due, keep the best state. An epoch that
+        diverges is not validated: its metrics are at their worst and marked ``diverged`` (1) with
+        the ``diverged_update``, and the trainer is done."""
         metrics: dict[str, Any] = {"phase": "meta", **self.train_epoch()}
         self.epoch += 1
+        if self.diverged:
+            metrics.update(worst_metrics(), epoch=self.epoch, diverged=1, diverged_update=self.diverged["update"])
+            self.history.append(metrics)
+            return metrics
         if self.epoch % self.ev.val_every == 0 or self.done:
             v = self.evaluate(self.val, self.val_bank)
             self.last_val = {"val_acc": v["acc"], "val_ci95": v["ci95"]}

@@ -22,8 +22,9 @@ from torch import nn
 from mtl.config import Pretrain
 from mtl.data.transforms import Normalize, random_resized_crop_flip
 from mtl.episodes import episode_bank
-from mtl.errors import MTLError
+from mtl.errors import Diverged, MTLError
 from mtl.models.backbones import create_backbone
+from mtl.phases.divergence import NonFiniteWatch, warn_if_exploding
 from mtl.phases.evaluate import Embedder, evaluate
 from mtl.runtime import Env, RngStream, progress
 
@@ -69,10 +70,18 @@ class Pretrainer:
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
+        self.watch = NonFiniteWatch(env.device)
+        self._warned = False  # of an exploding loss, once
 
     @property
     def done(self) -> bool:
         return self.epoch >= self.p.epochs
+
+    def _check(self) -> None:
+        """Raise :class:`~mtl.errors.Diverged` if a loss so far was not finite (one host sync)."""
+        if (bad := self.watch.read()) is not None:
+            raise Diverged(f"pretraining loss became non-finite at step {bad} of epoch {self.epoch + 1}; "
+                           f"lower pretrain.lr (now {self.p.lr:g})")
 
     def train_epoch(self) -> dict[str, float]:
         p, env, data = self.p, self.env, self.train
@@ -95,15 +104,20 @@ class Pretrainer:
             with env.autocast():
                 out = self.classifier(self.model(x)).float()
             loss = F.cross_entropy(out, y)
+            self.watch.watch(loss, i + 1)
+            if self.watch.due(i + 1):
+                self._check()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
             loss_sum += loss.detach()
             correct += (out.argmax(1) == y).sum()
+        self._check()
         self.sched.step()
         loss_mean = loss_sum.item() / steps
-        if loss_mean != loss_mean or loss_mean in (float("inf"), float("-inf")):
-            raise MTLError(f"pretraining loss became {loss_mean} in epoch {self.epoch + 1}; lower pretrain.lr")
+        if not self._warned:
+            self._warned = warn_if_exploding(loss_mean, data.num_classes, "pretraining", self.epoch + 1,
+                                             f"lower pretrain.lr (now {p.lr:g})")
         secs = time.perf_counter() - start
         return {"train_loss": loss_mean, "train_acc": correct.item() / (steps * bs),
                 "images_per_s": steps * bs / secs, "lr": self.opt.param_groups[0]["lr"]}

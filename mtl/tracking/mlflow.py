@@ -326,12 +326,12 @@ class SweepTracker:
         log_values(self.client, run_id, tags={"retries": str(retries)})
 
     def trial_ended(self, trial: Trial, errored: bool) -> None:
-        """Tag the child run with the trial's outcome (:mod:`mtl.tune.outcome`) and close it."""
+        """Tag the child run with the trial's outcome (:mod:`mtl.tune.outcome`) and close it: FAILED
+        when it errored or diverged."""
         run_id = self.child_run(trial, create=errored)
         if run_id is None:  # finished without ever starting (e.g. removed while pending)
             return
         row = trial_end_row(trial, self.planned_epochs, errored)
         tags = {"outcome": row["outcome"], **({"error": row["error"]} if row["error"] else {})}
         log_values(self.client, run_id, tags=tags)
-        self.client.set_terminated(run_id, "FAILED" if errored else "FINISHED")
-
+        self.client.set_terminated(run_id, "FAILED" if row["outcome"] in ("errored", "diverged") else "FINISHED")

@@ -58,9 +58,10 @@ RAY_RESULT_KEYS = frozenset({
     "checkpoint_dir_name", "should_checkpoint",
 })
 # Trial-result keys that are no series worth a chart: constant over a trial (tagged once) or
-# running totals (tagged with their latest value). Everything else numeric is a metric.
+# running totals (tagged with their latest value), or in the last result only (``diverged``).
+# Everything else numeric is a metric.
 ONCE_KEYS = frozenset({"pretrain_val_acc", "pretrain_built"})
-LATEST_KEYS = frozenset({"updates", "hard_share_total", "time_total_s"})
+LATEST_KEYS = frozenset({"updates", "hard_share_total", "time_total_s", "diverged", "diverged_update"})
 
 
 def flatten_params(params: Mapping[str, object]) -> dict[str, str]:

@@ -5,9 +5,14 @@ of meta-training epochs it was planned to run into its final row and outcome:
 
 * ``completed``: ran all its planned epochs;
 * ``stopped_early``: ended without error before its planned epochs (ASHA stopped it);
-* ``diverged``: raised the trainer's non-finite-loss error ("... loss became nan in epoch 3;
-  lower ...", mtl/phases), i.e. the sampled learning rates were too high;
+* ``diverged``: its last result is marked ``diverged`` (a loss became non-finite: the sampled
+  learning rates were too high; mtl/phases/divergence.py), whether it ended there or was stopped
+  after; also a trial that raised the non-finite-loss error of earlier versions ("... loss became
+  nan in epoch 3; lower ...");
 * ``errored``: raised anything else.
+
+A diverged trial's row holds no checkpoint: the weights after a non-finite update are no
+model, so it is never a winner nor compared.
 
 The summary (summary.json and the printed table), the MLflow child run's ``outcome`` tag and
 the validation-curve figure all read these rows. The planned length comes from the sweep, not
@@ -29,7 +34,7 @@ OUTCOMES = ("completed", "stopped_early", "diverged", "errored")
 EPOCHS_KEY = "meta.epochs"  # a searched epoch count is a dotted key of the trial's config
 STEP_KEY = "epoch"  # the reported meta-training epoch (1-based)
 MAX_ERROR_CHARS = 1000
-_NON_FINITE = re.compile(r"\bloss became [+-]?(nan|inf)\b.*\blower\b", re.IGNORECASE)
+_NON_FINITE = re.compile(r"\bloss became ([+-]?(nan|inf)|non-finite)\b.*\blower\b", re.IGNORECASE)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -53,6 +58,8 @@ def error_message(error: BaseException | str | None) -> str | None:
 
 def outcome(last: Mapping[str, Any], error: BaseException | str | None, planned: int | None) -> str:
     """One of :data:`OUTCOMES` (see the module docstring)."""
+    if last.get("diverged"):
+        return "diverged"
     message = error_message(error)
     if message is not None:
         return "diverged" if _NON_FINITE.search(message) else "errored"
@@ -85,8 +92,9 @@ def trial_row(trial_id: str, config: Mapping[str, Any] | None, last: Mapping[str
         "train_loss": last.get("train_loss"),
         "epoch": last.get(STEP_KEY, 0), "planned_epochs": planned,
         "outcome": result, "stopped_early": result == "stopped_early",
+        "diverged_update": last.get("diverged_update"),
         "error": error_message(error),
-        "checkpoint": checkpoint,
+        "checkpoint": None if result == "diverged" else checkpoint,
         "history": [{STEP_KEY: int(h[STEP_KEY]), "val_acc": float(h["val_acc"])} for h in history],
     }
 
@@ -98,7 +106,7 @@ def result_row(result: Any, default_epochs: int | None) -> dict[str, Any]:
     df = result.metrics_dataframe
     if df is not None and STEP_KEY in df and "val_acc" in df:
         history = [{STEP_KEY: e, "val_acc": v} for e, v in zip(df[STEP_KEY], df["val_acc"])
-                   if _number(v) and not math.isnan(v)]
+                   if _number(v) and not math.isnan(v) and e >= 1]  # epoch 0: diverged in pretraining
     return trial_row(m.get("trial_id") or Path(result.path).name, result.config, m,
                      result.error, planned_epochs(result.config, default_epochs),
                      checkpoint=result.checkpoint.path if result.checkpoint else None, history=history)

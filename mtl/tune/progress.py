@@ -109,6 +109,10 @@ def end_line(row: Mapping[str, Any], error_file: str | None = None) -> str:
         return f"trial {tid} completed ({val})"
     if outcome == "stopped_early":
         return f"trial {tid} stopped early by ASHA {at} ({val})"
+    if outcome == "diverged" and not row["error"]:
+        update = f" (update {row['diverged_update']})" if row.get("diverged_update") else ""
+        return (f"trial {tid} diverged {at}{update}: its loss became non-finite; it counts with every metric at "
+                "its worst")
     where = f"; trace: {error_file}" if error_file and outcome == "errored" else ""
     return f"trial {tid} {outcome} {at}: {row['error']}{where}"
 

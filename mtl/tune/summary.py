@@ -45,12 +45,17 @@ def _config_text(config: dict[str, Any]) -> str:
 def verdict(summary: dict[str, Any]) -> str:
     """Whether searching helped, in one plain sentence that always names the best config."""
     b = summary.get("best")
+    trials = summary.get("trials") or []
     if not b:
+        if trials and all(t["outcome"] == "diverged" for t in trials):
+            return "every trial diverged: lower the searched learning rates (meta.inner_lr, meta.lr_ss, meta.lr_head)"
         return "no trial left a checkpoint: there is nothing to compare"
     best = f"the best config found is {_config_text(b['config'])}"
     base = summary.get("baseline")
     if base is None:
         return f"no baseline trial (tune.baseline: false), so whether searching helped is unknown; {best}"
+    if any(t["trial_id"] == base["trial_id"] and t["outcome"] == "diverged" for t in trials):
+        return f"the base config diverged (its loss became non-finite), so any config that trains beats it; {best}"
     if base["trial_id"] is None:
         return f"the baseline trial left no checkpoint, so whether searching helped is unknown; {best}"
     if b.get("baseline"):
@@ -229,10 +234,12 @@ def figures(summary: dict[str, Any]) -> dict[str, Any]:
 
     labelled = [{**t, "trial_id": t["trial_id"] + " (baseline)"} if t.get("baseline") else t for t in summary["trials"]]
     figs = {"validation_curves.png": plot_validation_curves(labelled)}
-    # every trial at the same budget: the largest epoch all of them reached (ASHA stops some early)
-    curves = [t for t in summary["trials"] if t["history"]]
+    # every trial at the same budget: the largest epoch all of them reached (ASHA stops some early);
+    # a diverged trial does not set it: it stays at its worst, 0, at any later epoch
+    curves = [t for t in summary["trials"] if t["history"] and t["outcome"] != "diverged"]
     budget = min((t["history"][-1]["epoch"] for t in curves), default=0)
     rows = [{**t["config"], "val_acc": h["val_acc"]} for t in curves for h in t["history"] if h["epoch"] == budget]
+    rows += [{**t["config"], "val_acc": 0.0} for t in summary["trials"] if t["outcome"] == "diverged"]
     imp = plot_param_importance(rows, list(summary["space"]), "val_acc", space=summary["space"],
                                 budget=f"epoch {budget} (the last epoch every trial reached)")
     if imp is not None:
