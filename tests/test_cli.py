@@ -24,8 +24,12 @@ def _sets(items):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "out"
-    assert main(["train", "synthetic", *_sets(TINY), "--out", str(out), "-q"]) == 0
+    run = tmp_path_factory.mktemp("run")
+    out = run / "out"
+    # its own cache: with the session's, another module's identical pretraining would be reused
+    # and metrics.jsonl would hold no pretraining epochs
+    assert main(["train", "synthetic", *_sets([*TINY, f"data.cache_dir={run / 'cache'}"]), "--out", str(out),
+                 "-q"]) == 0
     return out
 
 
