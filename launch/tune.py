@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_output(args.verbose)  # before anything imports ray
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt=LOG_DATEFMT)
     from mtl.tune import SweepInterrupted
-    from mtl.tune.spec import load_spec
+    from mtl.tune.spec import check_local_resources, load_spec
 
     try:
         overrides = list(args.overrides) + ([f"storage={args.storage}"] if args.storage else [])
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(dry_run(spec))
             return 0
+        if args.address is None and not os.environ.get("RAY_ADDRESS"):  # ray.init would join RAY_ADDRESS
+            check_local_resources(spec)
         summary = run_sweep(spec, address=args.address, resume=args.resume)
     except MTLError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from mtl.errors import CheckpointError
 from mtl.files import atomic_path
 
 FORMAT = 1
+# entries every checkpoint of a kind holds (what evaluate, predict and resume read)
+REQUIRED = {"meta": ("config", "current", "best_state", "epoch")}
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -34,10 +37,25 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or not an mtl checkpoint ({msg[:200]})") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or not an mtl checkpoint ({_reason(e)})") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mtl checkpoint (format {FORMAT})")
     if kind is not None and ck.get("kind") != kind:
         raise CheckpointError(f"{path} holds a {ck.get('kind')!r} checkpoint, expected {kind!r}")
+    missing = [k for k in REQUIRED.get(kind or "", ()) if k not in ck]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete mtl {kind} checkpoint (it lacks {', '.join(missing)}); "
+                              "give the meta_state.pt of a run or a sweep's best/meta_state.pt")
     return ck
+
+
+def _reason(e: Exception) -> str:
+    """torch's error in a few words. Its weights-only refusal is reduced to what the file holds: its
+    advice to reload with ``weights_only=False`` would run the file's code, which this format forbids."""
+    text = str(e)
+    if "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return f"it holds a Python object{what} besides tensors and plain values; loading it could run code"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]

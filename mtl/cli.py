@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mtl.configs import packaged_configs
-from mtl.errors import Diverged, MTLError
+from mtl.errors import ConfigError, Diverged, MTLError
 
 log = logging.getLogger("mtl")
 
@@ -110,7 +110,6 @@ def dry_run(cfg) -> str:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from mtl.checkpoint import load_checkpoint
-    from mtl.config import config_from_dict
     from mtl.data.evalset import describe, eval_data
     from mtl.files import write_json_atomic
     from mtl.runtime import make_env
@@ -118,7 +117,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     ck = load_checkpoint(args.checkpoint, "meta")
     split_set = [f"eval.data.split={args.split}"] if args.split else []
-    cfg = config_from_dict(ck["config"]).with_overrides([*split_set, *args.overrides])
+    cfg = checkpoint_config(ck, [*split_set, *args.overrides])
     env = make_env(cfg.runtime)
     res = test_checkpoint(ck, cfg, env, load_test(cfg, env))
     split = cfg.eval.data.split
@@ -132,15 +131,34 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# what the trained weights fix: evaluate and predict cannot change these
+FIXED = ("model.", "meta.way", "data.dataset", "data.image_size", "data.normalization")
+
+
+def checkpoint_config(ck: dict, overrides: Sequence[str]):
+    """The checkpoint's config with ``overrides``, which may change how it is tested but not a field
+    its weights fix (:data:`FIXED`: loading would fail, or test another model than was trained)."""
+    from mtl.config import config_from_dict
+    from mtl.schema import dotted
+
+    trained = config_from_dict(ck["config"])
+    cfg = trained.with_overrides(overrides)
+    old, new = dotted(trained.to_dict()), dotted(cfg.to_dict())
+    for key in (k for k in new if k.startswith(FIXED) and new[k] != old[k]):
+        raise ConfigError(f"{key} = {new[key]!r} differs from the checkpoint's {old[key]!r}: the trained model fixes "
+                          "model.*, meta.way, data.dataset, data.image_size and data.normalization; drop --set "
+                          f"{key} (for another test set: eval.data.dataset, eval.data.root)")
+    return cfg
+
+
 def _predict(args: argparse.Namespace) -> int:
     from mtl.checkpoint import load_checkpoint
-    from mtl.config import config_from_dict
     from mtl.files import write_text_atomic
     from mtl.predict import predict, to_csv
     from mtl.runtime import make_env
 
     ck = load_checkpoint(args.checkpoint, "meta")
-    cfg = config_from_dict(ck["config"]).with_overrides(args.overrides)
+    cfg = checkpoint_config(ck, args.overrides)
     preds = predict(ck, cfg, make_env(cfg.runtime), args.support, args.query)
     width = max(len(p.query) for p in preds)
     for p in preds:

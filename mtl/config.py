@@ -33,6 +33,7 @@ from mtl.schema import (
     fields,
     flatten,
     in_range,
+    int_in,
     load,
     marked,
     positive,
@@ -68,7 +69,8 @@ class Omniglot(Section):
 class Data(Section):
     dataset: choice(DATASETS) = pretraining_field("synthetic")
     root: str | None = pretraining_field(None)  # dataset folder; enters the pretraining key as the dataset's fingerprint
-    image_size: at_least(16, " pixels") = pretraining_field(32)  # images are resized to image_size x image_size
+    # images are resized to image_size x image_size; the cap is far above few-shot sets' 28-84 px (memory)
+    image_size: int_in(16, 1024, " pixels") = pretraining_field(32)
     normalization: choice(NORMALIZATIONS) = pretraining_field("pt")
     cache_dir: str | None = None  # uint8 array cache; default $MTL_CACHE_DIR or ~/.cache/mtl
     synthetic: Synthetic = Field(default_factory=Synthetic)
@@ -197,7 +199,8 @@ class Runtime(Section):
     precision: Literal["fp32", "bf16"] = pretraining_field("fp32")  # autocast for the backbone
     # faster for these convnets on GPUs and on CPUs (2x training on a 2-core CPU)
     channels_last: bool = pretraining_field(True)
-    threads: Count | None = None  # torch CPU threads; None leaves torch's default
+    # torch CPU threads (None: torch's default); a fixed cap, not this machine's cores: sweeps run on other nodes
+    threads: int_in(1, 1024, " threads") | None = None
     data_on_device: bool = True  # keep the uint8 image cache on the device
     progress: bool = True  # progress bars (only when stderr is a terminal)
 

@@ -26,17 +26,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.config import Config, config_from_dict, eval_query
 from mtl.configs import save_config
 from mtl.data.evalset import decode_splits, describe, eval_data, index_eval, is_cross_domain
-from mtl.errors import MTLError
+from mtl.errors import ConfigError, MTLError
 from mtl.files import check_writable_dir, write_json_atomic
 from mtl.runtime import make_env
 from mtl.schema import dotted
 from mtl.trial import load_data, load_test, pretrain_store, run_trial, test_checkpoint
+from mtl.yamlio import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +49,20 @@ class RunDir:
         self.meta_state = self.root / "meta_state.pt"
         self.result = self.root / "result.json"
 
-    def prepare(self, cfg: Config, resume: bool) -> None:
-        """Create the folder, or check that resuming continues the same experiment."""
+    def check(self, cfg: Config, resume: bool) -> None:
+        """Refuse a folder this run must not use: another run without --resume, or --resume of a
+        run with another config (or a folder that holds no readable run). Writes nothing."""
         if self.config.exists():
             if not resume:
                 what = "a finished run" if self.result.exists() else "an unfinished run"
                 raise MTLError(f"{self.root} already holds {what}; pass --resume to continue it "
                                f"or choose another --out")
-            old = config_from_dict(yaml.safe_load(self.config.read_text()))
+            try:
+                old = config_from_dict(read_yaml(self.config))
+            except ConfigError as e:
+                problem = str(e).split("; ")[0]  # its fix is for a file the user wrote; this one we wrote
+                raise MTLError(f"cannot resume {self.root}: its config.yaml is damaged ({problem}); choose another "
+                               "--out, or delete the folder to start afresh") from None
             new = dotted(cfg.to_dict())
             diff = [k for k, v in dotted(old.to_dict()).items() if new.get(k) != v]
             if diff:
@@ -65,8 +70,13 @@ class RunDir:
                                f"(differs in {', '.join(diff[:4])}); use the same config or another --out")
         elif resume and self.root.exists() and any(self.root.iterdir()):
             raise MTLError(f"{self.root} holds no mtl run to resume; choose an empty or new --out")
-        self.root.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.config)
+
+    def create(self, cfg: Config) -> None:
+        """The folder and its config.yaml, once the run has its first epoch to record (an error
+        before that, e.g. a missing pretrain.checkpoint, leaves nothing to clean up)."""
+        if not self.config.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.config)
 
     def append_metrics(self, metrics: dict[str, Any]) -> None:
         with self.metrics.open("a") as f:
@@ -88,19 +98,20 @@ def _dur(s: float) -> str:
 def run_experiment(cfg: Config, out: str | Path, *, resume: bool = False,
                    report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """pretrain -> meta-transfer -> test in ``out``; returns (and writes) the result."""
-    env = make_env(cfg.runtime)
     run = RunDir(out)
     check_writable_dir(run.root, "--out", "choose another --out folder")
+    run.check(cfg, resume)
+    env = make_env(cfg.runtime)
     if is_cross_domain(cfg):  # another test set (eval.data): its layout and shapes before hours of training
         index_eval(cfg)
     decode_splits(cfg, progress=env.progress)  # a corrupt image, the test set's too, fails here, before training
     data = load_data(cfg, env)  # checks shapes against the data before anything is written
-    run.prepare(cfg, resume)
     state = load_checkpoint(run.meta_state, "meta") if resume and run.meta_state.exists() else None
     started = dict.fromkeys(("pretrain", "meta"), time.monotonic())
     runs = {"pretrain": 0, "meta": 0}
 
     def on_epoch(m: dict[str, Any], ck: dict[str, Any] | None) -> None:
+        run.create(cfg)
         if ck is not None:
             save_checkpoint(run.meta_state, ck)
             if not run.backbone.exists():

@@ -6,7 +6,8 @@ its type, its range (:func:`at_least`, :func:`positive`, :func:`in_range`) and i
 ``Literal`` or a :class:`~mtl.registry.Registry` through :func:`choice`) beside its name. Loading
 (:func:`load`) flattens the input to dotted keys, rejects unknown keys with close matches, and
 turns pydantic's first validation error into one line that names the key, the value and the fix:
-that line is the error contract of every entry point (exit status 2, nothing written).
+that line is the error contract of every entry point (exit status 2, nothing written). Floats
+must be finite everywhere. Files are read by :mod:`mtl.yamlio` (UTF-8, a mapping, no repeated key).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import difflib
 import typing
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
@@ -22,12 +22,15 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Val
 from pydantic_core import PydanticCustomError
 
 from mtl.errors import ConfigError
+from mtl.yamlio import DuplicateKeyError, UniqueKeyLoader
 
 
 class Section(BaseModel):
-    """A frozen group of settings: unknown keys are errors, values are not coerced across types."""
+    """A frozen group of settings: unknown keys are errors, values are not coerced across types,
+    floats are finite."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # allow_inf_nan=False: no setting takes inf or nan (YAML's .inf, --set x=inf, a 1e999 overflow)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     def get(self, key: str) -> Any:
         """Value of a dotted key, e.g. ``cfg.get("meta.inner_lr")``."""
@@ -77,6 +80,11 @@ def satisfies(typ: Any, ok: typing.Callable[[Any], bool], text: str) -> Any:
 def at_least(n: int, why: str = "") -> Any:
     """An int field that must be >= n."""
     return Annotated[Int, _rule(lambda v: v >= n, f"must be at least {n}{why}")]
+
+
+def int_in(lo: int, hi: int, why: str = "") -> Any:
+    """An int field in [lo, hi]."""
+    return Annotated[Int, _rule(lambda v: lo <= v <= hi, f"must be in [{lo}, {hi}]{why}")]
 
 
 def positive(why: str = "") -> Any:
@@ -240,6 +248,8 @@ def message(err: Mapping[str, Any], what: str = "config") -> str:
         return f"{key} = {value!r} {err['msg']}"
     if kind == "choice":
         return f"{key}: {err['msg']}"
+    if kind == "finite_number":
+        return f"{key} = {value!r} must be a finite number"
     if kind == "literal_error":
         expected = str(err.get("ctx", {}).get("expected", "")).replace(" or ", ", ")
         return f"{key} must be one of {expected}, not {value!r}"
@@ -254,33 +264,15 @@ def message(err: Mapping[str, Any], what: str = "config") -> str:
 
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping; malformed YAML or a non-mapping top level is a ConfigError."""
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}; check the path") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"malformed YAML in {path}{where}: {problem}; fix the syntax") from None
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections, not a {type(doc).__name__}")
-    return doc
-
-
 def parse_override(text: str) -> tuple[str, Any]:
     """``"meta.inner_lr=0.02"`` -> ``("meta.inner_lr", 0.02)``; values are YAML scalars."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form key=value, e.g. meta.inner_lr=0.02")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=UniqueKeyLoader) if raw.strip() else None
+    except DuplicateKeyError as e:
+        raise ConfigError(f"override {text!r} repeats the key {e.key!r}; keep one of them") from None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value

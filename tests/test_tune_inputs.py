@@ -5,14 +5,13 @@ also run as real subprocesses, for the exit status and stderr of the command its
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from tune_support import LAUNCH, RAY_ENV, SMOKE, closed_port
+from tune_support import LAUNCH, RAY_ENV, SMOKE, closed_port, launch_main
 
 from mtl.errors import ConfigError
 
@@ -98,14 +97,6 @@ def _case_args(case: str, cwd: Path) -> list[str]:
     return [spec, "--storage", "results", *(a.format(port=port) for a in extra)]
 
 
-def _launch_main():
-    """``main`` of launch/tune.py, loaded as a module (the script is not a package module)."""
-    loader = importlib.util.spec_from_file_location("launch_tune", LAUNCH)
-    module = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(module)
-    return module.main
-
-
 def _check(case: str, code: int, out: str, err: str, cwd: Path) -> None:
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, (code, err[-3000:])
@@ -126,7 +117,7 @@ def test_bad_input_fails_in_one_line_before_ray_starts(case, tmp_path, monkeypat
     for k, v in {**RAY_ENV, "RAY_TMPDIR": str(tmp_path / "raytmp")}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.chdir(tmp_path)
-    code = _launch_main()(_case_args(case, tmp_path))
+    code = launch_main()(_case_args(case, tmp_path))
     captured = capsys.readouterr()
     _check(case, code, captured.out, captured.err, tmp_path)
 
@@ -141,7 +132,7 @@ def test_bad_input_exits_2_from_the_command_line(case, tmp_path):
 
 def test_dry_run_prints_the_resolved_sweep_and_starts_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    code = _launch_main()([str(SMOKE), "--storage", "results", "--dry-run", "--set", "meta.epochs=5",
+    code = launch_main()([str(SMOKE), "--storage", "results", "--dry-run", "--set", "meta.epochs=5",
                            "--set", "resources.gpu=0.25", "--set", "resources.cpu=2"])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-3000:]

@@ -31,6 +31,16 @@ RAY_ENV = {
 }
 
 
+def launch_main():
+    """``main`` of launch/tune.py, loaded as a module (the script is not a package module)."""
+    import importlib.util
+
+    loader = importlib.util.spec_from_file_location("launch_tune", LAUNCH)
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module.main
+
+
 def closed_port() -> int:
     """A local TCP port nothing listens on (bound once, then released)."""
     with socket.socket() as s:

@@ -19,7 +19,8 @@ import yaml
 from mtl.config import Config, merge_layers, recipe_note
 from mtl.errors import ConfigError
 from mtl.files import write_text_atomic
-from mtl.schema import as_mapping, flatten, load, read_yaml
+from mtl.schema import as_mapping, flatten, load
+from mtl.yamlio import read_yaml
 
 
 def packaged_configs() -> list[str]:

@@ -22,6 +22,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,12 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from mtl.data.decode import ArrayDecoder, FileDecoder, is_image_name
+from mtl.data.decode import IMAGE_EXTENSIONS, ArrayDecoder, FileDecoder, is_image_name
 from mtl.data.splits import FORMAT_VERSION, Decoder
 from mtl.data.unpickle import load_pickle
 from mtl.errors import DataError
 
 Listing = tuple[list[str], list[int], Decoder]
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Source:
@@ -58,24 +61,63 @@ def stat_line(name: str, st: os.stat_result) -> bytes:
 # Folders
 
 
+def _entries(path: Path) -> list[os.DirEntry]:
+    """The non-hidden entries of a folder; an unreadable one is a DataError naming it."""
+    try:
+        return [e for e in os.scandir(path) if not e.name.startswith(".")]
+    except OSError as e:
+        raise DataError(f"cannot list {path}: {e.strerror}; fix the folder or its permissions") from None
+
+
+def _is(entry: os.DirEntry, kind: str) -> bool:
+    """``entry.is_file()`` / ``is_dir()``; a symlink loop (or another unreadable link) is a DataError."""
+    try:
+        return entry.is_file() if kind == "file" else entry.is_dir()
+    except OSError as e:
+        raise DataError(f"{entry.path}: {e.strerror} (a symlink loop?); fix or remove the link") from None
+
+
 def subfolders(path: Path) -> list[str]:
     """Names of the folders in ``path``, sorted; hidden ones are skipped."""
-    return sorted(e.name for e in os.scandir(path) if not e.name.startswith(".") and e.is_dir())
+    return sorted(e.name for e in _entries(path) if _is(e, "dir"))
 
 
-def class_images(class_dir: Path, name: str, h: hashlib._Hash, what: str = "class folder") -> list[str]:
+def class_images(class_dir: Path, name: str, h: hashlib._Hash, what: str = "class folder",
+                 skipped: list[str] | None = None) -> list[str]:
     """The image files of one class folder, by file name, each entered in ``h`` as ``name/<file>``
-    with its size and time; a folder without images is a DataError."""
-    files = sorted((e for e in os.scandir(class_dir) if is_image_name(e.name) and e.is_file()), key=lambda e: e.name)
+    with its size and time; a folder without images is a DataError. Other non-hidden entries
+    (notes.txt, a subfolder) are appended to ``skipped``."""
+    files, other = [], []
+    for e in _entries(class_dir):
+        (files if is_image_name(e.name) and _is(e, "file") else other).append(e)
     if not files:
         raise DataError(f"{what} {class_dir} holds no images (.jpg, .png, ...); add images or remove the folder")
+    if skipped is not None:
+        skipped.extend(e.path for e in other)
+    files.sort(key=lambda e: e.name)
     for e in files:
-        h.update(stat_line(f"{name}/{e.name}", e.stat()))
+        try:
+            st = e.stat()
+        except OSError as err:
+            raise DataError(f"cannot read {e.path}: {err.strerror}; fix or remove the file") from None
+        h.update(stat_line(f"{name}/{e.name}", st))
     return [e.path for e in files]
 
 
+_WARNED: set[str] = set()
+
+
+def warn_skipped(where: str, skipped: list[str]) -> None:
+    """One warning per folder and process: how many entries of its class folders are not read."""
+    if skipped and where not in _WARNED:
+        _WARNED.add(where)
+        log.warning("%s: skipped %d file(s) in class folders that are not images (e.g. %s); only %s are read",
+                    where, len(skipped), skipped[0], ", ".join(sorted(IMAGE_EXTENSIONS)[:6]) + ", ...")
+
+
 def folder_source(root: Path, split: str, size: int, what: str) -> Source:
-    """``root/split/<class>/<image files>``; hidden and non-image files are ignored."""
+    """``root/split/<class>/<image files>``; hidden files are ignored, other non-image files skipped
+    with a warning."""
     split_dir = root / split
     if not split_dir.is_dir():
         raise DataError(f"{what} split {split!r} not found: expected {split_dir}/<class>/<image files>")
@@ -83,7 +125,9 @@ def folder_source(root: Path, split: str, size: int, what: str) -> Source:
     if not classes:
         raise DataError(f"{split_dir} holds no class folders: expected {split_dir}/<class>/<image files>")
     h = hasher("folder", split, size)
-    files = [class_images(split_dir / name, name, h) for name in classes]
+    skipped: list[str] = []
+    files = [class_images(split_dir / name, name, h, skipped=skipped) for name in classes]
+    warn_skipped(str(split_dir), skipped)
     counts = [len(f) for f in files]
     decoder = FileDecoder([p for f in files for p in f], size)
     return Source(str(split_dir), h.hexdigest(), lambda: (classes, counts, decoder), cheap=True)

@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 
 from mtl.data.decode import FileDecoder
-from mtl.data.formats import Source, class_images, hasher, subfolders
+from mtl.data.formats import Source, class_images, hasher, subfolders, warn_skipped
 from mtl.errors import DataError
 
 PARTS = ("images_background", "images_evaluation")
@@ -60,9 +60,11 @@ def omniglot_source(base: Path, split: str, size: int, val_alphabets: int, rotat
     h = hasher(f"omniglot-rot{int(rotations)}", split, size)
     h.update(json.dumps(alphabets).encode())
     characters: list[tuple[str, list[str]]] = []
+    skipped: list[str] = []
     for a in alphabets:
         for c in subfolders(part / a):
-            characters.append((f"{a}/{c}", class_images(part / a / c, f"{a}/{c}", h, "character folder")))
+            characters.append((f"{a}/{c}", class_images(part / a / c, f"{a}/{c}", h, "character folder", skipped)))
+    warn_skipped(f"{part} ({split} split)", skipped)
     if not characters:
         raise DataError(f"the alphabets of the Omniglot {split} split under {part} hold no character folders: "
                         f"expected {LAYOUT}")

@@ -14,15 +14,16 @@ A spec is YAML::
     storage: ray_results
     mlflow: {tracking_uri: null}
 
-Everything is checked before Ray starts: unknown keys, distributions and their arguments,
+Everything is checked before Ray starts: unknown keys, distributions and their arguments
+(:mod:`mtl.tune.space`),
 and every bound or choice of the space applied to the base config (so a value the config
 would reject fails here, naming the space key), and, unless ``tune.baseline: false``, that each
 space key's base value is one the space can draw (the baseline trial is the base config).
 """
 
 import math
+import os
 import re
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,12 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from mtl.config import Config, check_key, field_type
+from mtl.config import Config
 from mtl.configs import find_config, load_config
 from mtl.errors import ConfigError
-from mtl.schema import Float, Int, Section, as_mapping, at_least, fail, in_range, load, positive, read_yaml, satisfies
+from mtl.schema import Float, Int, Section, as_mapping, at_least, fail, in_range, load, positive, satisfies
+from mtl.tune.space import Dist, parse_space
+from mtl.yamlio import read_yaml
 
 
 class TuneSettings(Section):
@@ -84,40 +87,6 @@ class SweepSettings(Section):
     tune: TuneSettings = Field(default_factory=TuneSettings)
     resources: Resources = Field(default_factory=Resources)
     mlflow: Mlflow = Field(default_factory=Mlflow)
-
-
-@dataclass(frozen=True)
-class Dist:
-    kind: str
-    args: tuple[Any, ...]
-
-    def bounds(self) -> list[Any]:
-        """Values that must be valid config values: the ends of a range, every choice."""
-        return list(self.args) if self.kind == "choice" else list(self.args[:2])
-
-    def contains(self, value: Any) -> bool:
-        """Whether the distribution can draw ``value`` (a choice, or a number within the range)."""
-        if self.kind == "choice":
-            return any(value == a for a in self.args)  # 10 == 10.0: numbers compare by value
-        return _number(value) and self.args[0] <= value <= self.args[1]
-
-    def to_ray(self) -> Any:
-        from ray import tune
-
-        a = self.args
-        return {
-            "uniform": lambda: tune.uniform(a[0], a[1]),
-            "loguniform": lambda: tune.loguniform(a[0], a[1]),
-            "quniform": lambda: tune.quniform(a[0], a[1], a[2]),
-            "qloguniform": lambda: tune.qloguniform(a[0], a[1], a[2]),
-            "int": lambda: tune.randint(a[0], a[1] + 1),  # inclusive upper bound in the spec
-            "logint": lambda: tune.lograndint(a[0], a[1] + 1),
-            "choice": lambda: tune.choice(list(a)),
-        }[self.kind]()
-
-
-DIST_ARITY = {"uniform": 2, "loguniform": 2, "quniform": 3, "qloguniform": 3, "int": 2, "logint": 2}
-DISTS = (*DIST_ARITY, "choice")
 
 
 @dataclass(frozen=True)
@@ -186,7 +155,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep spec {path} not found; give the path of a YAML file such as search_spaces/smoke.yaml")
-    doc = read_yaml(path)
+    doc = read_yaml(path, "sweep spec", "base: synthetic with a space: mapping (see search_spaces/smoke.yaml)")
     for k in doc:
         if k not in SPEC_KEYS:
             raise ConfigError(f"unknown sweep spec key {k!r} in {path}; valid keys: {', '.join(SPEC_KEYS)}")
@@ -195,15 +164,18 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
         (spec_over if k.split(".")[0] in SPEC_KEYS else cfg_over)[k] = v
     if any(k.split(".")[0] in ("config", "space") for k in spec_over):
         raise ConfigError("override base-config fields directly (e.g. meta.epochs=5) and edit 'space' in the YAML")
+    if "name" in spec_over and spec_over["name"] in (None, ""):
+        raise ConfigError(f"--set name= gives an empty sweep name; give one, e.g. --set name={path.stem}-2, "
+                          "or drop it to use the spec's")
 
     settings_tree = {k: doc[k] for k in ("name", "base", "storage", "tune", "resources", "mlflow") if k in doc}
     settings: SweepSettings = load(SweepSettings, settings_tree, spec_over, what="sweep spec")
-    name = settings.name or path.stem
+    name = path.stem if settings.name is None else settings.name
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ConfigError(f"sweep name {name!r} may hold only letters, digits, '.', '_' and '-'")
 
     base = _load_base(path, settings.base, doc.get("config") or {}, cfg_over)
-    space = _parse_space(doc.get("space"), base, path)
+    space = parse_space(doc.get("space"), base, path)
     val_every = {base.eval.val_every, *(space["eval.val_every"].bounds() if "eval.val_every" in space else [])}
     if settings.tune.metric == "val_acc" and val_every != {1}:
         raise ConfigError(f"eval.val_every = {max(val_every)}: a sweep on val_acc needs it every meta epoch (every "
@@ -235,10 +207,6 @@ def _check_baseline(spec: SweepSpec) -> None:
                 "inside it in the spec's config:, or set tune.baseline: false")
 
 
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def _replace_storage(s: SweepSettings) -> SweepSettings:
     return s.model_copy(update={"storage": s.storage.removeprefix("file://")})
 
@@ -257,66 +225,12 @@ def _load_base(path: Path, base: str | None, inline: Any, cfg_over: dict[str, An
     return cfg.with_overrides(paths) if paths else cfg
 
 
-def _parse_space(raw: Any, base: Config, path: Path) -> dict[str, Dist]:
-    if not raw:
-        raise ConfigError(f"'space' in {path} is empty; add at least one config key to search, "
-                          "e.g. meta.inner_lr: {loguniform: [0.001, 0.1]}")
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"'space' in {path} must map config keys to distributions")
-    space = {}
-    for key, d in raw.items():
-        key = str(key)
-        try:
-            check_key(key)
-        except ConfigError as e:
-            raise ConfigError(f"space key {key!r} is not a config field: {e}") from None
-        dist = _parse_dist(key, d)
-        if not _takes_fractions(field_type(key)) and (
-                dist.kind in ("uniform", "loguniform")
-                or dist.kind in ("quniform", "qloguniform") and not all(isinstance(a, int) for a in dist.args)):
-            whole = {"uniform": "int", "loguniform": "logint"}.get(dist.kind, dist.kind)
-            raise ConfigError(f"space {key}: {key} takes whole numbers but {dist.kind}{list(dist.args)} draws "
-                              f"fractions; use {{{whole}: [low, high{', step' if whole.startswith('q') else ''}]}} "
-                              "with integer arguments")
-        for v in dist.bounds():
-            try:
-                base.with_overrides({key: v})
-            except ConfigError as e:
-                raise ConfigError(f"space {key}: value {v!r} of its {dist.kind} distribution is invalid ({e})") from None
-        space[key] = dist
-    return space
-
-
-def _takes_fractions(typ: Any) -> bool:
-    """Whether a config field of declared type ``typ`` (Annotated, Optional) accepts non-integral numbers."""
-    return typ is float or any(_takes_fractions(a) for a in typing.get_args(typ))
-
-
-def _parse_dist(key: str, d: Any) -> Dist:
-    usage = (f"space {key}: write one distribution as {{kind: [args]}}, kind one of {', '.join(DISTS)}, "
-             "e.g. {loguniform: [0.001, 0.1]}")
-    if not isinstance(d, Mapping) or len(d) != 1:
-        raise ConfigError(usage)
-    kind, args = next(iter(d.items()))
-    if kind not in DISTS:
-        raise ConfigError(f"space {key}: unknown distribution {kind!r}; use one of {', '.join(DISTS)}")
-    if not isinstance(args, list) or not args:
-        raise ConfigError(f"space {key}: {kind} needs a non-empty list of arguments")
-    if kind == "choice":
-        return Dist(kind, tuple(args))
-    n = DIST_ARITY[kind]
-    if len(args) != n:
-        what = "[low, high, step]" if n == 3 else "[low, high]"
-        raise ConfigError(f"space {key}: {kind} takes {what}, got {args}")
-    if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
-        raise ConfigError(f"space {key}: {kind} arguments must be numbers, got {args}")
-    lo, hi = args[0], args[1]
-    if kind in ("int", "logint") and not all(isinstance(a, int) for a in args):
-        raise ConfigError(f"space {key}: int bounds must be integers, got {args}")
-    if not lo < hi:
-        raise ConfigError(f"space {key}: {kind} needs low < high, got {args}")
-    if kind.startswith(("log", "qlog")) and lo <= 0:
-        raise ConfigError(f"space {key}: {kind} needs a positive low bound, got {lo}")
-    if n == 3 and not args[2] > 0:
-        raise ConfigError(f"space {key}: {kind} step must be positive, got {args[2]}")
-    return Dist(kind, tuple(args))
+def check_local_resources(spec: SweepSpec, cpus: int | None = None) -> None:
+    """Per-trial resources a local Ray on this machine (``cpus`` cores, default all of them) can
+    never give: every trial would stay pending forever. Only for a sweep that starts its own Ray
+    (no ``--address``, no ``RAY_ADDRESS``); a cluster may have larger nodes."""
+    cpus = cpus or os.cpu_count() or 1
+    if spec.resources.cpu > cpus:
+        raise ConfigError(f"resources.cpu = {spec.resources.cpu:g} is more than this machine's {cpus} CPUs, so a "
+                          f"local Ray could start no trial; set resources.cpu to at most {cpus}, or join a cluster "
+                          "with such nodes (--address)")

@@ -1,0 +1,281 @@
+"""Bad input values are refused the same way by every entry point: one line on stderr naming the
+problem and the fix, exit status 2, and nothing written (the folder a case runs in is unchanged).
+
+One table: each row builds its input under a fresh folder and runs ``python -m mtl train``,
+``python -m mtl evaluate`` or ``launch/tune.py`` in-process; three rows also run as real
+processes. No row starts Ray or trains: all are refused before either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_settings import TINY
+from tune_support import LAUNCH, RAY_ENV, launch_main
+
+from mtl.checkpoint import save_checkpoint
+from mtl.cli import main as mtl_main
+from mtl.configs import load_config
+
+SPEC = "base: synthetic\nspace:\n  meta.inner_lr: {loguniform: [0.02, 0.5]}\n"
+TRAINED = load_config("synthetic", TINY).to_dict()  # meta.way 5
+
+
+def _write(name: str, content: str | bytes) -> Callable[[Path], str]:
+    def make(tmp: Path) -> str:
+        path = tmp / name
+        (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+        return str(path)
+
+    return make
+
+
+def _space(space: str) -> Callable[[Path], str]:
+    return _write("spec.yaml", f"base: synthetic\nspace:\n  {space}\n")
+
+
+def _meta_checkpoint(tmp: Path) -> str:
+    """A checkpoint of the right format and kind (what the refusals read before any weights)."""
+    path = tmp / "meta_state.pt"
+    save_checkpoint(path, {"kind": "meta", "config": TRAINED, "current": {}, "best_state": None, "epoch": 1})
+    return str(path)
+
+
+def _foreign_keys(tmp: Path) -> str:
+    path = tmp / "foreign.pt"
+    save_checkpoint(path, {"kind": "meta", "weights": torch.zeros(2), "step": 3})
+    return str(path)
+
+
+def _foreign_object(tmp: Path) -> str:
+    path = tmp / "model.pt"
+    torch.save({"model": torch.nn.Linear(2, 2)}, path)  # a whole module: weights-only loading refuses it
+    return str(path)
+
+
+def _image_folders(tmp: Path) -> Path:
+    """ROOT/{train,val,test}/c0..c1/ with two 8 px PNGs each, and a symlink loop in train/c0."""
+    root = tmp / "imgs"
+    for split in ("train", "val", "test"):
+        for c in ("c0", "c1"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def _symlink_loop(tmp: Path) -> str:
+    root = _image_folders(tmp)
+    (root / "train" / "c0" / "loop.png").symlink_to("loop.png")
+    return f"data.root={root}"
+
+
+def _resume_of(content: bytes) -> Callable[[Path], str]:
+    def make(tmp: Path) -> str:
+        (tmp / "o").mkdir()
+        (tmp / "o" / "config.yaml").write_bytes(content)
+        return str(tmp / "o")
+
+    return make
+
+
+BINARY = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+LATIN1 = "meta:\n  way: 5  # caf\xe9\n".encode("latin-1")
+DUPLICATE = "meta:\n  way: 5\n  way: 3\n"
+TRAIN, EVALUATE, TUNE = "train", "evaluate", "tune"
+
+# case -> (entry point, its arguments (a callable builds a file under the case's folder and gives its
+#          path or an argument), fragments the one line must hold)
+CASES: dict[str, tuple[str, list, list[str]]] = {
+    # 1. files that are not a YAML mapping
+    "config-binary": (TRAIN, [_write("c.yaml", BINARY)], ["c.yaml is a binary file, not YAML text"]),
+    "config-latin1": (TRAIN, [_write("c.yaml", LATIN1)], ["c.yaml is not UTF-8 text (byte 0xe9 at line 2)",
+                                                          "save it as UTF-8"]),
+    "config-empty": (TRAIN, [_write("c.yaml", "")], ["c.yaml is empty", "write at least one section"]),
+    "config-comments-only": (TRAIN, [_write("c.yaml", "# nothing\n")], ["c.yaml is empty"]),
+    "config-list": (TRAIN, [_write("c.yaml", "- meta\n- way\n")], ["must hold a mapping of sections, not a list"]),
+    "config-scalar": (TRAIN, [_write("c.yaml", "5\n")], ["must hold a mapping of sections, not a int"]),
+    "spec-binary": (TUNE, [_write("spec.yaml", BINARY)], ["spec.yaml is a binary file"]),
+    "spec-latin1": (TUNE, [_write("spec.yaml", LATIN1)], ["spec.yaml is not UTF-8 text"]),
+    "spec-empty": (TUNE, [_write("spec.yaml", "")], ["sweep spec file", "is empty", "search_spaces/smoke.yaml"]),
+    "spec-list": (TUNE, [_write("spec.yaml", "- base\n")], ["sweep spec file", "not a list"]),
+    "spec-scalar": (TUNE, [_write("spec.yaml", "smoke\n")], ["sweep spec file", "not a str"]),
+    # 2. a key twice in one mapping
+    "config-duplicate-key": (TRAIN, [_write("c.yaml", DUPLICATE)],
+                             ["duplicate key 'way'", "at line 3 (first at line 2)", "keep one of them"]),
+    "spec-duplicate-key": (TUNE, [_write("spec.yaml", SPEC + "  meta.inner_lr: {uniform: [0.1, 0.2]}\n")],
+                           ["duplicate key 'meta.inner_lr'", "at line 4 (first at line 3)"]),
+    "spec-duplicate-section": (TUNE, [_write("spec.yaml", "tune: {num_samples: 2}\n" + SPEC + "tune: {seed: 1}\n")],
+                               ["duplicate key 'tune'", "at line 5 (first at line 1)"]),
+    # 3. infinite and nan floats, in --set and in YAML, and as bounds of a space
+    "inf-set": (TRAIN, ["synthetic", "--set", "meta.inner_lr=inf"], ["meta.inner_lr = inf must be a finite number"]),
+    "dot-inf-set": (TRAIN, ["synthetic", "--set", "meta.inner_lr=.inf"], ["meta.inner_lr = inf must be a finite"]),
+    "nan-set": (TRAIN, ["synthetic", "--set", "meta.inner_lr=nan"], ["meta.inner_lr = nan must be a finite"]),
+    "overflow-set": (TRAIN, ["synthetic", "--set", "pretrain.lr=1e999"], ["pretrain.lr = inf must be a finite"]),
+    "inf-in-yaml": (TRAIN, [_write("c.yaml", "meta: {lr_ss: .inf}\n")], ["meta.lr_ss = inf must be a finite"]),
+    "nan-ratio": (TRAIN, ["synthetic", "--set", "hard_tasks.ratio=.nan"], ["hard_tasks.ratio = nan must be a fin"]),
+    "nan-in-sweep-set": (TUNE, [_write("spec.yaml", SPEC), "--set", "meta.lr_head=nan"], ["meta.lr_head = nan"]),
+    "inf-space-bound": (TUNE, [_space("meta.inner_lr: {uniform: [0.01, .inf]}")],
+                        ["space meta.inner_lr", "finite numbers", "inf"]),
+    "nan-space-bound": (TUNE, [_space("meta.inner_lr: {loguniform: [.nan, 0.5]}")], ["finite numbers", "nan"]),
+    "inf-space-step": (TUNE, [_space("meta.inner_steps: {quniform: [2, 10, .inf]}")], ["finite numbers"]),
+    "inf-space-choice": (TUNE, [_space("meta.inner_lr: {choice: [0.1, .inf]}")], ["choice values must be finite"]),
+    # 4. resources
+    "cpu-inf": (TUNE, [_write("spec.yaml", SPEC), "--set", "resources.cpu=.inf"], ["resources.cpu = inf", "finite"]),
+    "cpu-beyond-machine": (TUNE, [_write("spec.yaml", SPEC), "--set", "resources.cpu=100000"],
+                           ["resources.cpu = 100000 is more than this machine's", "CPUs", "--address"]),
+    "gpu-inf": (TUNE, [_write("spec.yaml", SPEC), "--set", "resources.gpu=inf"], ["resources.gpu = inf", "finite"]),
+    "gpu-negative": (TUNE, [_write("spec.yaml", SPEC), "--set", "resources.gpu=-1"], ["resources.gpu = -1", "(0, 1]"]),
+    # 5. an empty sweep name
+    "empty-name": (TUNE, [_write("spec.yaml", SPEC), "--set", "name="], ["empty sweep name", "--set name=spec-2"]),
+    "empty-name-in-yaml": (TUNE, [_write("spec.yaml", "name: ''\n" + SPEC)], ["sweep name ''", "letters, digits"]),
+    # 6. sizes that would crash or exhaust memory
+    "threads-huge": (TRAIN, ["synthetic", "--set", "runtime.threads=100000"], ["runtime.threads = 100000",
+                                                                              "must be in [1, 1024]"]),
+    "image-size-huge": (TRAIN, ["synthetic", "--set", "data.image_size=100000"], ["data.image_size = 100000",
+                                                                                 "must be in [16, 1024]"]),
+    "threads-huge-in-sweep": (TUNE, [_space("runtime.threads: {choice: [1, 5000]}")],
+                              ["space runtime.threads", "5000", "[1, 1024]"]),
+    # 7. every named choice, in the config and in every value of a space
+    "unknown-backbone": (TRAIN, ["synthetic", "--set", "model.backbone=resnet13"],
+                         ["unknown backbone 'resnet13'", "did you mean resnet12", "choose one of resnet12, resnet25"]),
+    "unknown-dataset": (TRAIN, ["synthetic", "--set", "data.dataset=minii"], ["unknown dataset 'minii'", "mini"]),
+    "unknown-normalization": (TRAIN, [_write("c.yaml", "data: {normalization: imagenett}\n")],
+                              ["unknown normalization 'imagenett'", "did you mean imagenet", "choose one of"]),
+    "unknown-head-init": (TRAIN, ["synthetic", "--set", "meta.head_init=xavierr"], ["unknown head init 'xavierr'"]),
+    "unknown-recipe": (TRAIN, ["synthetic", "--set", "pretrain.recipe=pf"], ["unknown pretraining recipe 'pf'"]),
+    "unknown-backbone-sweep-set": (TUNE, [_write("spec.yaml", SPEC), "--set", "model.backbone=resnet13"],
+                                   ["unknown backbone 'resnet13'"]),
+    "unknown-choice-in-space": (TUNE, [_space("meta.head_init: {choice: [kaiming, xavierr]}")],
+                                ["space meta.head_init", "unknown head init 'xavierr'", "choose one of"]),
+    "unknown-recipe-in-space": (TUNE, [_space("pretrain.recipe: {choice: [pt, tf, pf]}")],
+                                ["space pretrain.recipe", "unknown pretraining recipe 'pf'"]),
+    # 7. a run refused after its data is read still leaves no out/config.yaml behind
+    "missing-pretrain-checkpoint": (TRAIN, ["synthetic", "--set", "pretrain.checkpoint=/nonexistent/backbone.pt"],
+                                    ["pretrain.checkpoint /nonexistent/backbone.pt does not exist"]),
+    # 8. --resume of a run folder whose config.yaml is damaged
+    "resume-garbage": (TRAIN, ["synthetic", "--resume", "--out", _resume_of(BINARY)],
+                       ["cannot resume", "config.yaml is damaged", "binary file", "choose another --out"]),
+    "resume-empty": (TRAIN, ["synthetic", "--resume", "--out", _resume_of(b"")], ["config.yaml is damaged", "empty"]),
+    "resume-list": (TRAIN, ["synthetic", "--resume", "--out", _resume_of(b"- a\n")], ["damaged", "not a list"]),
+    "resume-malformed": (TRAIN, ["synthetic", "--resume", "--out", _resume_of(b"meta: [1\n")],
+                         ["damaged", "malformed YAML"]),
+    # 9. evaluate: checkpoints that are not ours, a field the trained model fixes
+    "checkpoint-foreign-keys": (EVALUATE, [_foreign_keys], ["not a complete mtl meta checkpoint",
+                                                            "lacks config, current, best_state, epoch"]),
+    "checkpoint-foreign-object": (EVALUATE, [_foreign_object],
+                                  ["is corrupt or not an mtl checkpoint", "torch.nn.modules.linear.Linear",
+                                   "loading it could run code"]),
+    "evaluate-other-way": (EVALUATE, [_meta_checkpoint, "--set", "meta.way=3"],
+                           ["meta.way = 3 differs from the checkpoint's 5", "drop --set meta.way"]),
+    "evaluate-other-backbone": (EVALUATE, [_meta_checkpoint, "--set", "model.backbone=resnet12"],
+                                ["model.backbone = 'resnet12' differs from the checkpoint's 'tiny'"]),
+    # 10. a symlink loop in a class folder
+    "symlink-loop": (TRAIN, ["synthetic", "--set", "data.dataset=folder", "--set", _symlink_loop, "--dry-run"],
+                     ["train/c0/loop.png", "Too many levels of symbolic links", "fix or remove the link"]),
+}
+
+
+def _sets(items: list[str]) -> list[str]:
+    return [a for s in items for a in ("--set", s)]
+
+
+def _argv(case: str, tmp: Path) -> list[str]:
+    entry, args, _ = CASES[case]
+    built = [a(tmp) if callable(a) else a for a in args]
+    if entry == TRAIN:  # the tiny sizes first (the row's own --set win): a row that is not refused ends soon
+        return ["train", *_sets(TINY), *built, *([] if "--out" in built else ["--out", str(tmp / "out")])]
+    if entry == EVALUATE:
+        return ["evaluate", *built, "--out", str(tmp / "eval.json")]
+    return [*built, "--storage", str(tmp / "results")]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"" for p in root.rglob("*")
+            if not p.is_symlink()}
+
+
+def _check(case: str, code: int, out: str, err: str, before: dict[str, bytes], tmp: Path) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (code, err[-3000:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
+    for fragment in CASES[case][2]:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert "weights_only" not in lines[0] and "Traceback" not in err
+    assert out == ""
+    assert _tree(tmp) == before  # nothing written: no out/, no sweep folder, no mlflow.db, no Ray session
+
+
+@pytest.fixture
+def clean_env(tmp_path, monkeypatch):
+    for k in [k for k in os.environ if k.startswith(("MLFLOW_", "RAY_"))]:
+        monkeypatch.delenv(k)
+    for k, v in {**RAY_ENV, "RAY_TMPDIR": str(tmp_path / "raytmp")}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_refused_in_one_line(case, clean_env, capsys):
+    tmp = clean_env
+    argv = _argv(case, tmp)
+    before = _tree(tmp)
+    code = launch_main()(argv) if CASES[case][0] == TUNE else mtl_main([*argv, "-q"])
+    captured = capsys.readouterr()
+    _check(case, code, captured.out, captured.err, before, tmp)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["config-binary", "spec-duplicate-key", "checkpoint-foreign-object"])
+def test_the_commands_exit_2_with_one_line(case, clean_env):
+    tmp = clean_env
+    argv = _argv(case, tmp)
+    before = _tree(tmp)
+    cmd = [str(LAUNCH), *argv] if CASES[case][0] == TUNE else ["-m", "mtl", *argv]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, *cmd], cwd=tmp, env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
+    _check(case, proc.returncode, proc.stdout, proc.stderr, before, tmp)
+
+
+def test_non_image_files_are_skipped_with_one_warning_per_split(tmp_path, capsys, caplog):
+    root = _image_folders(tmp_path)
+    for c in ("c0", "c1"):
+        (root / "train" / c / "notes.txt").write_text("labels by hand")
+    (root / "train" / "c0" / ".DS_Store").write_bytes(b"\0")  # hidden: not worth a word
+    small = [*TINY, "meta.way=2", "meta.shot=1", "meta.query=1", "eval.query=1", "pretrain.val_way=2",
+             "pretrain.val_shot=1", "pretrain.val_query=1", "hard_tasks.ratio=0"]
+    argv = ["train", "synthetic", "--set", "data.dataset=folder", "--set", f"data.root={root}", "--dry-run", "-q",
+            *_sets(small)]
+    with caplog.at_level(logging.WARNING, logger="mtl"):
+        assert mtl_main(argv) == 0, capsys.readouterr().err
+        assert mtl_main(argv) == 0  # listed again: no second warning
+    warnings = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert f"{root / 'train'}: skipped 2 file(s)" in warnings[0] and "notes.txt" in warnings[0]
+    assert "\n" not in warnings[0]
+
+
+def test_evaluate_writes_its_result_into_a_new_folder(tmp_path):
+    """``evaluate --out`` in a folder that does not exist yet creates it (a real, tiny model)."""
+    from mtl.models.backbones import create_backbone
+
+    backbone = tmp_path / "backbone.pt"
+    torch.save(create_backbone("tiny").state_dict(), backbone)
+    sets = [*TINY, f"pretrain.checkpoint={backbone}", "meta.epochs=1", "meta.batches_per_epoch=1", "eval.episodes=4"]
+    run = tmp_path / "run"
+    assert mtl_main(["train", "synthetic", *_sets(sets), "--out", str(run), "-q"]) == 0
+    out = tmp_path / "new" / "folder" / "eval.json"
+    assert mtl_main(["evaluate", str(run / "meta_state.pt"), "--set", "eval.episodes=4", "--out", str(out), "-q"]) == 0
+    assert out.is_file() and '"test_acc"' in out.read_text()
