@@ -168,7 +168,7 @@ def test_failing_writer_keeps_the_old_file(tmp_path):
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["result.json"]
 
     ck = tmp_path / "model.pt"
-    save_checkpoint(ck, {"kind": "meta", "epoch": 1})
+    save_checkpoint(ck, {"kind": "meta", "epoch": 1, "config": {}, "current": {}, "best_state": {}})
     with pytest.raises(Exception):
         save_checkpoint(ck, {"kind": "meta", "epoch": 2, "bad": lambda: 0})  # torch.save cannot pickle it
     assert load_checkpoint(ck, "meta")["epoch"] == 1

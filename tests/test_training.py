@@ -144,7 +144,7 @@ def test_meta_training_resumes_exactly(pretrained, tmp_path):
     first = meta_trainer(cfg, env, data, pretrained)
     first.run_epoch()
     assert first.ht.count != 0  # a window is open across the checkpoint
-    save_checkpoint(tmp_path / "m.pt", first.state_dict())
+    save_checkpoint(tmp_path / "m.pt", {**first.state_dict(), "config": {}})  # run_trial adds the config
     torch.manual_seed(1234)  # resuming must not depend on the process's RNG state
     second = meta_trainer(cfg, env, data, pretrained)
     second.load_state_dict(load_checkpoint(tmp_path / "m.pt", "meta"))
