@@ -36,7 +36,18 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tune_support import LAUNCH, RAY_ENV, SMOKE, TINY, kill_session, restarts, results, trial_dirs, tune_state, wait_gone  # noqa: E402
+from tune_support import (
+    LAUNCH,
+    RAY_ENV,
+    SMOKE,
+    TINY,
+    kill_session,
+    restarts,
+    results,
+    trial_dirs,
+    tune_state,
+    wait_gone,
+)
 
 EPOCHS, SAMPLES = 5, 4
 SETS = [*TINY, "pretrain.epochs=6", f"meta.epochs={EPOCHS}", f"tune.num_samples={SAMPLES}", "tune.scheduler=none",
@@ -211,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         try:
             row = check(s, SCENARIOS[name](s))
-        except Exception as e:  # a scenario that cannot even finish is a failed row, not a crash
+        except Exception as e:  # noqa: BLE001 (a scenario that cannot even finish is a failed row, not a crash)
             row = {"scenario": name, "ok": False, "error": str(e)[-2000:]}
         finally:
             s.cleanup()

@@ -7,7 +7,6 @@ claim itself (stale claims are taken over) and the serialised creation of a new 
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -20,23 +19,16 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from tune_support import LAUNCH, SMOKE
+from tune_support import SMOKE, launch_main
 
 from mtl.cli import main as mtl_main
 from mtl.tune.claim import SweepClaim
 
 
-def _launch_main():
-    loader = importlib.util.spec_from_file_location("launch_tune_env", LAUNCH)
-    module = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(module)
-    return module.main
-
-
 class _HalfServer(http.server.BaseHTTPRequestHandler):
     """An MLflow server whose web front answers and whose API fails (its store is down)."""
 
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):
         self.send_response(200 if self.path == "/health" else 500)
         self.end_headers()
         self.wfile.write(b"OK" if self.path == "/health" else b"Internal Server Error")
@@ -139,7 +131,7 @@ def test_environment_fault_fails_in_one_line_before_ray(case, tmp_path, monkeypa
     monkeypatch.setattr(mtl.tune.sweep, "connect", _no_ray)
     args, words = _prepare(case, tmp_path, half_server)
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "cache" not in p.parts)
-    code = _launch_main()([str(SMOKE), "--storage", "results", *args])
+    code = launch_main()([str(SMOKE), "--storage", "results", *args])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, err[-3000:]
@@ -179,7 +171,7 @@ def test_second_launch_of_a_running_sweep_is_refused_with_its_owner(tmp_path, mo
     import socket
 
     with SweepClaim(tmp_path / "results", "smoke"):
-        code = _launch_main()([str(SMOKE), "--storage", "results"])
+        code = launch_main()([str(SMOKE), "--storage", "results"])
         err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0, err
     assert f"sweep 'smoke' is running under {tmp_path / 'results'}" in err

@@ -85,7 +85,7 @@ class SweepClaim:
         except (OSError, ValueError, KeyError, TypeError):
             return "claimed by a process that has not written its name yet"
 
-    def __enter__(self) -> SweepClaim:
+    def __enter__(self) -> SweepClaim:  # noqa: PYI034 (a final class)
         self.acquire()
         return self
 

@@ -125,11 +125,11 @@ def _check_same_sweep(spec: SweepSpec, uri: str | None, path: Path, resume: bool
         return
     try:
         first = json.loads(path.read_text())
-        if not isinstance(first, dict):
-            raise ValueError("not a mapping")
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{path} is damaged ({e}); it records the sweep's first launch: restore it, or "
-                          f"--set name=<new name> to start another sweep") from None
+        first = f"{type(e).__name__}: {e}"
+    if not isinstance(first, dict):
+        raise ConfigError(f"{path} is damaged ({str(first)[:100]}); it records the sweep's first launch: restore "
+                          f"it, or --set name=<new name> to start another sweep")
     now = json.loads(json.dumps(identity(spec, uri)))
     keys = first.keys() | now.keys()
     if not resume:  # a finished sweep is only read again: where its runs are does not matter

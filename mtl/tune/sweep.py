@@ -17,6 +17,7 @@ from mtl.configs import save_config
 from mtl.data.evalset import decode_splits
 from mtl.files import write_json_atomic, write_text_atomic
 from mtl.tune import SweepInterrupted
+from mtl.tune.claim import SweepClaim
 from mtl.tune.cluster import (
     concurrent_slots,
     connect,
@@ -28,7 +29,6 @@ from mtl.tune.cluster import (
     tune_verbosity,
 )
 from mtl.tune.finals import comparison, ray_runner, run_finals
-from mtl.tune.claim import SweepClaim
 from mtl.tune.preflight import SPEC_FILE, Launch, check_inputs, check_state, identity
 from mtl.tune.spec import SweepSpec
 from mtl.tune.summary import (
