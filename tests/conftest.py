@@ -52,6 +52,24 @@ def ray_local():
             shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.fixture
+def poison_loss(monkeypatch):
+    """``poison_loss(target, at)``: from its ``at``-th call on (1-based: the ``at``-th outer update),
+    ``target.task_stats`` (a MetaTrainer, or the class itself) gives a NaN meta-batch loss."""
+
+    def poison(target, at: int) -> None:
+        real, calls = target.task_stats, []
+
+        def task_stats(*args, **kwargs):  # on the class, args[0] is the trainer
+            calls.append(1)
+            stats = real(*args, **kwargs)
+            return {**stats, "loss": stats["loss"] * float("nan")} if len(calls) >= at else stats
+
+        monkeypatch.setattr(target, "task_stats", task_stats)
+
+    return poison
+
+
 # The longest modules first, so that pytest-xdist (``-n 2 --dist loadfile`` in pyproject.toml)
 # never ends with one worker alone on a long module while the other idles. The rest keep their
 # collection order.

@@ -117,17 +117,10 @@ def test_the_command_exits_2_with_one_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_a_run_that_diverges_writes_its_result_so_and_exits_3(finished, tmp_path, capsys, monkeypatch):
+def test_a_run_that_diverges_writes_its_result_so_and_exits_3(finished, tmp_path, capsys, poison_loss):
     from mtl.phases.meta import MetaTrainer
 
-    real, calls = MetaTrainer.task_stats, []
-
-    def task_stats(self, *args, **kwargs):  # the loss is NaN from the 2nd update on
-        calls.append(1)
-        stats = real(self, *args, **kwargs)
-        return {**stats, "loss": stats["loss"] * float("nan")} if len(calls) >= 2 else stats
-
-    monkeypatch.setattr(MetaTrainer, "task_stats", task_stats)
+    poison_loss(MetaTrainer, 2)  # the loss is NaN from the 2nd update on
     out = tmp_path / "o"
     assert main(["train", "synthetic", *_sets(TINY), "--out", str(out), "-q"]) == 3
     err = capsys.readouterr().err.strip()

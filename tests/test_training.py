@@ -171,27 +171,15 @@ def test_pretraining_resumes_exactly(tmp_path):
     assert all(torch.equal(full.best_state[k], second.best_state[k]) for k in full.best_state)
 
 
-def _poison(t, at):
-    """From the ``at``-th outer update on (1-based), the trainer's meta-batch loss is NaN."""
-    real, calls = t.task_stats, []
-
-    def task_stats(*args, **kwargs):
-        calls.append(1)
-        stats = real(*args, **kwargs)
-        return {**stats, "loss": stats["loss"] * float("nan")} if len(calls) >= at else stats
-
-    t.task_stats = task_stats
-
-
 def _finite(t):
     return all(torch.isfinite(v).all() for v in [*ss_parameters(t.model), *t.head.parameters()])
 
 
-def test_a_non_finite_loss_ends_meta_training_at_its_update_as_a_worst_result(pretrained):
+def test_a_non_finite_loss_ends_meta_training_at_its_update_as_a_worst_result(pretrained, poison_loss):
     # on a CPU every update is checked before it is applied: the weights never see the NaN
     cfg, env, data = _setup("hard_tasks.ratio=0")  # 4 updates an epoch
     t = meta_trainer(cfg, env, data, pretrained)
-    _poison(t, 6)
+    poison_loss(t, 6)
     first = t.run_epoch()
     assert "diverged" not in first and first["val_acc"] > 0
     m = t.run_epoch()  # no exception
@@ -201,11 +189,11 @@ def test_a_non_finite_loss_ends_meta_training_at_its_update_as_a_worst_result(pr
     assert _finite(t) and t.best_epoch == 1 and t.history[-1] is m
 
 
-def test_on_an_accelerator_the_flag_is_read_every_few_updates_and_names_the_first_bad_one(pretrained):
+def test_on_an_accelerator_the_flag_is_read_every_few_updates_and_names_the_first_bad_one(pretrained, poison_loss):
     cfg, env, data = _setup("hard_tasks.ratio=0")
     t = meta_trainer(cfg, env, data, pretrained)
     t.watch.every = 4  # an accelerator's cadence, on the CPU: one host read per 4 updates
-    _poison(t, 2)
+    poison_loss(t, 2)
     m = t.run_epoch()
     assert (m["epoch"], m["diverged_update"], m["val_acc"]) == (1, 2, 0.0)
     assert t.step == 3  # updates 2 and 3 ran before the read at the 4th, which stopped the epoch

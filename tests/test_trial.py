@@ -105,19 +105,12 @@ def test_validation_is_kept_per_episode_and_alike_trials_embed_the_test_episodes
     assert out["a"]["val_accs"] == ck["val_accs"] and (tmp_path / "best.pt").is_file()
 
 
-def test_a_trial_that_diverges_reports_a_last_worst_result_without_a_checkpoint(trial, monkeypatch, caplog):
+def test_a_trial_that_diverges_reports_a_last_worst_result_without_a_checkpoint(trial, poison_loss, caplog):
     from mtl.phases.meta import MetaTrainer
 
     _, store, _, _ = trial
     cfg = load_config("synthetic", [*TINY, "hard_tasks.ratio=0"])  # 4 updates an epoch; same pretraining
-    real, calls = MetaTrainer.task_stats, []
-
-    def task_stats(self, *args, **kwargs):  # the loss is NaN from the 6th update on
-        calls.append(1)
-        stats = real(self, *args, **kwargs)
-        return {**stats, "loss": stats["loss"] * float("nan")} if len(calls) >= 6 else stats
-
-    monkeypatch.setattr(MetaTrainer, "task_stats", task_stats)
+    poison_loss(MetaTrainer, 6)  # the loss is NaN from the 6th update on
     rec = Recorder()
     with caplog.at_level("WARNING", logger="mtl.trial"):
         trainer = run_trial(cfg, store=store, report=rec)  # returns: no exception
