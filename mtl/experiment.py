@@ -29,6 +29,7 @@ from typing import Any
 from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.config import Config, config_from_dict, eval_query
 from mtl.configs import save_config
+from mtl.data import index_splits
 from mtl.data.evalset import decode_splits, describe, eval_data, index_eval, is_cross_domain
 from mtl.errors import ConfigError, MTLError
 from mtl.files import check_writable_dir, write_json_atomic
@@ -104,8 +105,9 @@ def run_experiment(cfg: Config, out: str | Path, *, resume: bool = False,
     env = make_env(cfg.runtime)
     if is_cross_domain(cfg):  # another test set (eval.data): its layout and shapes before hours of training
         index_eval(cfg)
-    decode_splits(cfg, progress=env.progress)  # a corrupt image, the test set's too, fails here, before training
-    data = load_data(cfg, env)  # checks shapes against the data before anything is written
+    indexes = index_splits(cfg.data)  # listed once, for both of these
+    decode_splits(cfg, env.progress, indexes)  # a corrupt image, the test set's too, fails here, before training
+    data = load_data(cfg, env, indexes=indexes)  # checks shapes against the data before anything is written
     state = load_checkpoint(run.meta_state, "meta") if resume and run.meta_state.exists() else None
     started = dict.fromkeys(("pretrain", "meta"), time.monotonic())
     runs = {"pretrain": 0, "meta": 0}

@@ -43,13 +43,14 @@ log = logging.getLogger(__name__)
 Report = Callable[[dict[str, Any], "dict[str, Any] | None"], None]
 
 
-def load_data(cfg: Config, env: Env, splits: tuple[str, ...] = ("train", "val")) -> dict[str, Any]:
+def load_data(cfg: Config, env: Env, splits: tuple[str, ...] = ("train", "val"),
+              indexes: dict[str, Any] | None = None) -> dict[str, Any]:
     """Check episode shapes against the dataset listing, then decode (through the cache) the splits.
 
     Returns ``{split: Split}`` plus ``"dataset_fingerprint"`` (from the same listing, for the
     pretraining key), so the dataset is listed once.
     """
-    indexes = index_splits(cfg.data)
+    indexes = indexes or index_splits(cfg.data)  # the caller's listing (index_splits), if it has one
     check_against_data(cfg, split_stats(cfg.data, indexes))
     out: dict[str, Any] = {"dataset_fingerprint": dataset_fingerprint(cfg.data, indexes)}
     for s in splits:

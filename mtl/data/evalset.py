@@ -56,9 +56,13 @@ def index_eval(cfg: Config) -> SplitIndex:
     return index
 
 
-def decode_splits(cfg: Config, progress: bool = True) -> None:
+def decode_splits(cfg: Config, progress: bool = True, indexes: dict[str, SplitIndex] | None = None) -> None:
     """Decode into the cache every split a run of ``cfg`` reads (train, val and the test set), so
     that a corrupt image fails the run before any training instead of at the test after it; a
-    split cached already costs its listing only. Generated (synthetic) splits have nothing to check."""
-    for data, split in ((cfg.data, "train"), (cfg.data, "val"), (eval_data(cfg), cfg.eval.data.split)):
-        ensure_cached(data, split, progress=progress)
+    split cached already costs its listing only (none with ``indexes``: the training data's
+    listings from ``index_splits``). Generated (synthetic) splits have nothing to check."""
+    indexes = indexes or {}
+    test = None if is_cross_domain(cfg) else indexes.get(cfg.eval.data.split)
+    for data, split, index in ((cfg.data, "train", indexes.get("train")), (cfg.data, "val", indexes.get("val")),
+                               (eval_data(cfg), cfg.eval.data.split, test)):
+        ensure_cached(data, split, progress=progress, index=index)

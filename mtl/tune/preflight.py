@@ -20,6 +20,7 @@ from mtl.schema import dotted
 from mtl.tune.spec import SweepSpec
 
 SPEC_FILE = "sweep.json"  # what the first launch resolved; a resume must match it
+_TRACKING, _EXPERIMENT = "mlflow.tracking_uri", "mlflow.experiment"  # where its runs are (sweep.json)
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,6 @@ def identity(spec: SweepSpec, uri: str | None = None) -> dict[str, Any]:
     return {**dotted({"base": d["base_config"], "space": d["space"], "tune": d["settings"]["tune"]}),
             _TRACKING: uri, _EXPERIMENT: spec.settings.mlflow.experiment or spec.name if uri else None}
 
-
-_TRACKING, _EXPERIMENT = "mlflow.tracking_uri", "mlflow.experiment"
 
 
 def _check_same_sweep(spec: SweepSpec, uri: str | None, path: Path, resume: bool) -> None:
