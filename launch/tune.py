@@ -71,14 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted; run the same command again, with --resume if the sweep folder exists",
               file=sys.stderr)
         return 130
-    if summary.get("reused"):
+    if summary.reused:
         print(f"sweep {spec.name} finished already; nothing was run (--set name=<new name> starts another). "
               "Its summary:")
     print(format_table(summary))
-    print(next_steps(summary) if summary["best"] else f"summary: {spec.experiment_dir / 'summary.json'}")
-    if (summary.get("mlflow") or {}).get("ui_url"):
-        print(f"then open:          {summary['mlflow']['ui_url']}")
-    return 0 if summary["best"] else 1
+    print(next_steps(summary) if summary.best else f"summary: {spec.experiment_dir / 'summary.json'}")
+    if summary.mlflow and summary.mlflow.ui_url:
+        print(f"then open:          {summary.mlflow.ui_url}")
+    return 0 if summary.best else 1
 
 
 if __name__ == "__main__":

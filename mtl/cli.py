@@ -2,8 +2,8 @@
 ``python -m mtl predict CHECKPOINT --support DIR --query PATH...`` and ``python -m mtl report STORAGE/NAME``.
 
 Errors in the user's input print one line (``error: ...``) and exit with status 2. Training that
-diverges (a loss became non-finite) prints one line (``diverged: ...``) and exits with status 3;
-``train`` writes the run's result.json marked so when meta-training diverged.
+diverges (a loss became non-finite, in either phase) prints one line (``diverged: ...``), writes
+the run's result.json marked so and exits with status 3.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mtl.configs import packaged_configs
-from mtl.errors import ConfigError, Diverged, MTLError
+from mtl.errors import ConfigError, MTLError
 
 log = logging.getLogger("mtl")
 
@@ -62,9 +62,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         return {"train": _train, "evaluate": _evaluate, "predict": _predict, "report": _report}[args.command](args)
-    except Diverged as e:
-        print(f"diverged: {e}", file=sys.stderr)
-        return 3
     except MTLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -84,10 +81,7 @@ def _train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     res = run_experiment(cfg, out, resume=args.resume)
     if res["diverged"]:
-        at = res["diverged"]
-        print(f"diverged: meta-training's loss became non-finite at update {at['update']} (epoch {at['epoch']}); "
-              f"lower meta.inner_lr or the meta lrs; nothing was tested; results in {out}/result.json",
-              file=sys.stderr)
+        print(f"diverged: {res['diverged_line']}; nothing was tested; results in {out}/result.json", file=sys.stderr)
         return 3
     print(f"val accuracy  {100 * res['val_acc']:.2f}% (best epoch {res['best_epoch']})")
     print(f"test accuracy {100 * res['test_acc']:.2f}% ± {100 * res['test_ci95']:.2f} "
@@ -110,18 +104,19 @@ def dry_run(cfg) -> str:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from mtl.checkpoint import load_checkpoint
-    from mtl.data.evalset import describe, eval_data
+    from mtl.data.evalset import data_label, eval_data
     from mtl.files import write_json_atomic
+    from mtl.phases.evaluate import evaluate_checkpoint
     from mtl.runtime import make_env
-    from mtl.trial import load_test, test_checkpoint
+    from mtl.trial import load_test
 
     ck = load_checkpoint(args.checkpoint, "meta")
     split_set = [f"eval.data.split={args.split}"] if args.split else []
     cfg = checkpoint_config(ck, [*split_set, *args.overrides])
     env = make_env(cfg.runtime)
-    res = test_checkpoint(ck, cfg, env, load_test(cfg, env))
+    res = evaluate_checkpoint(ck, cfg, env, load_test(cfg, env))
     split = cfg.eval.data.split
-    test_data, train_data = describe(eval_data(cfg), split), describe(cfg.data)
+    test_data, train_data = data_label(eval_data(cfg), split), data_label(cfg.data)
     print(f"{split} accuracy {100 * res['acc']:.2f}% ± {100 * res['ci95']:.2f} "
           f"(95% CI over {len(res['accs'])} episodes) on {test_data}, trained on {train_data}")
     if args.out:
@@ -139,12 +134,13 @@ def checkpoint_config(ck: dict, overrides: Sequence[str]):
     """The checkpoint's config with ``overrides``, which may change how it is tested but not a field
     its weights fix (:data:`FIXED`: loading would fail, or test another model than was trained)."""
     from mtl.config import config_from_dict
-    from mtl.schema import dotted
+    from mtl.schema import changed, dotted
 
     trained = config_from_dict(ck["config"])
     cfg = trained.with_overrides(overrides)
-    old, new = dotted(trained.to_dict()), dotted(cfg.to_dict())
-    for key in (k for k in new if k.startswith(FIXED) and new[k] != old[k]):
+    new = dotted(cfg.to_dict())
+    old = dotted(trained.to_dict())
+    for key in (k for k in changed(trained.to_dict(), cfg.to_dict()) if k.startswith(FIXED)):
         raise ConfigError(f"{key} = {new[key]!r} differs from the checkpoint's {old[key]!r}: the trained model fixes "
                           "model.*, meta.way, data.dataset, data.image_size and data.normalization; drop --set "
                           f"{key} (for another test set: eval.data.dataset, eval.data.root)")
@@ -169,17 +165,19 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from mtl.report import attach_to_run, load_summary, write_report
+    from mtl.report import REPORT_FILE, load_summary, write_report
 
     summary = load_summary(args.sweep)
     path = write_report(summary, args.sweep)
     print(f"report: {path}")
-    if not args.no_mlflow:
+    link = summary.mlflow
+    if not args.no_mlflow and link is not None and link.parent_run_id:
+        from mtl.tracking.mlflow import attach
+
         try:
-            run = attach_to_run(summary, path)
+            attach(link.tracking_uri, link.parent_run_id, REPORT_FILE, path)
         except Exception as e:  # noqa: BLE001 - the file is written; the store is a convenience here
             log.warning("could not attach the report to the sweep's MLflow run: %s", str(e).splitlines()[0][:200])
         else:
-            if run:
-                print(f"attached to MLflow run {run}")
+            print(f"attached to MLflow run {link.parent_run_id}")
     return 0

@@ -1,8 +1,9 @@
 """Errors a user can act on.
 
 Every error raised for bad input derives from :class:`MTLError`; the command-line entry
-points print its message as a single line and exit with status 2 (3 for :class:`Diverged`). The message names the
-problem and the fix, so it is the whole user interface of a failure.
+points print its message as a single line and exit with status 2. The message names the
+problem and the fix, so it is the whole user interface of a failure. (Training that diverges is
+no error but a result: :mod:`mtl.phases.divergence`.)
 """
 
 
@@ -21,9 +22,3 @@ class DataError(MTLError):
 class CheckpointError(MTLError):
     """A checkpoint is missing, corrupt or does not fit the model it is loaded into."""
 
-
-class Diverged(MTLError):
-    """Training diverged: a loss became non-finite (learning rates too high for the setup).
-
-    ``python -m mtl train`` exits with status 3 on it, not 2: the input was valid, the run is its
-    result."""

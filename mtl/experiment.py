@@ -12,9 +12,10 @@ Folder layout (``--out DIR``)::
                        there is no test, and meta_state.pt holds the last epoch before it)
 
 The trial itself is :func:`mtl.trial.run_trial`, the same core the Ray Tune trainable calls;
-pretraining goes through the shared store beside the image cache (:func:`mtl.trial.pretrain_store`),
+pretraining goes through the shared store beside the image cache (:func:`mtl.pretraining.pretrain_store`),
 so experiments that pretrain alike pretrain once. This module adds the folder, the resume rules
-and the printing.
+and the printing. A phase that diverges writes result.json with ``diverged``
+(``{"phase", "epoch", "update"}``) and no test.
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.config import Config, config_from_dict, eval_query
 from mtl.configs import save_config
 from mtl.data import index_splits
-from mtl.data.evalset import decode_splits, describe, eval_data, index_eval, is_cross_domain
+from mtl.data.evalset import data_label, decode_splits, eval_data, index_eval, is_cross_domain
 from mtl.errors import ConfigError, MTLError
 from mtl.files import check_writable_dir, write_json_atomic
+from mtl.metrics import epoch_line
+from mtl.phases.evaluate import evaluate_checkpoint
+from mtl.pretraining import Backbone, backbone_of, pretrain_store, standalone
 from mtl.runtime import make_env
-from mtl.schema import dotted
-from mtl.trial import load_data, load_test, pretrain_store, run_trial, test_checkpoint
+from mtl.schema import changed
+from mtl.trial import load_data, load_test, run_trial
 from mtl.yamlio import read_yaml
 
 log = logging.getLogger(__name__)
@@ -64,8 +68,7 @@ class RunDir:
                 problem = str(e).split("; ")[0]  # its fix is for a file the user wrote; this one we wrote
                 raise MTLError(f"cannot resume {self.root}: its config.yaml is damaged ({problem}); choose another "
                                "--out, or delete the folder to start afresh") from None
-            new = dotted(cfg.to_dict())
-            diff = [k for k, v in dotted(old.to_dict()).items() if new.get(k) != v]
+            diff = changed(old.to_dict(), cfg.to_dict())
             if diff:
                 raise MTLError(f"--resume with a different config than {self.config} "
                                f"(differs in {', '.join(diff[:4])}); use the same config or another --out")
@@ -84,18 +87,6 @@ class RunDir:
             f.write(json.dumps(metrics) + "\n")
 
 
-def _line(m: dict[str, Any], total: int, started: float) -> str:
-    """``meta epoch 3/15 (1m12s, ETA 4m48s): val_acc=0.71, ...`` for the log."""
-    done = time.monotonic() - started
-    eta = f", ETA {_dur(done / max(1, m['_run']) * (total - m['epoch']))}" if m["epoch"] < total else ""
-    values = ", ".join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, float))
-    return f"{m['phase']} epoch {m['epoch']}/{total} ({_dur(done)}{eta}): {values}"
-
-
-def _dur(s: float) -> str:
-    return f"{int(s // 60)}m{int(s % 60):02d}s" if s >= 60 else f"{s:.0f}s"
-
-
 def run_experiment(cfg: Config, out: str | Path, *, resume: bool = False,
                    report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """pretrain -> meta-transfer -> test in ``out``; returns (and writes) the result."""
@@ -111,34 +102,42 @@ def run_experiment(cfg: Config, out: str | Path, *, resume: bool = False,
     state = load_checkpoint(run.meta_state, "meta") if resume and run.meta_state.exists() else None
     started = dict.fromkeys(("pretrain", "meta"), time.monotonic())
     runs = {"pretrain": 0, "meta": 0}
+    store = pretrain_store(cfg)
+    held: list[Backbone] = []  # the backbone meta_state.pt embeds, read once
 
     def on_epoch(m: dict[str, Any], ck: dict[str, Any] | None) -> None:
         run.create(cfg)
         if ck is not None:
-            save_checkpoint(run.meta_state, ck)
+            if not held:
+                held.append(backbone_of(ck["backbone_ref"], cfg, store))
+            save_checkpoint(run.meta_state, standalone(ck, held[0]))
             if not run.backbone.exists():
                 save_checkpoint(run.backbone, {"kind": "backbone", "backbone": cfg.model.backbone,
-                                               "state": ck["backbone"], **ck["backbone_ref"]})
+                                               "state": held[0].state, **held[0].ref})
         run.append_metrics(m)
         phase = m["phase"]
         runs[phase] += 1
         if phase == "pretrain":  # meta-training starts after the last pretraining epoch
             started["meta"] = time.monotonic()
         total = cfg.pretrain.epochs if phase == "pretrain" else cfg.meta.epochs
-        log.info(_line({**m, "_run": runs[phase]}, total, started[phase]))
+        elapsed = time.monotonic() - started[phase]
+        eta = elapsed / runs[phase] * (total - m["epoch"]) if m["epoch"] < total else None
+        log.info(epoch_line(m, total, elapsed, eta))
         if report:
             report(m)
 
-    meta = run_trial(cfg, store=pretrain_store(cfg), report=on_epoch, resume=state, env=env, data=data,
-                     embed_backbone=True)
+    end = run_trial(cfg, store=store, report=on_epoch, resume=state, env=env, data=data,
+                    store_fix="set data.cache_dir (or $MTL_CACHE_DIR) to a writable folder")
     del data
-    if meta.diverged:
-        result = {"diverged": meta.diverged, "test_acc": None, "test_ci95": None, "val_acc": None,
-                  "best_epoch": None, "train_data": describe(cfg.data), "config": cfg.to_dict()}
+    if end.diverged:
+        result = {"diverged": end.diverged.as_dict(), "diverged_line": end.diverged.line(), "test_acc": None,
+                  "test_ci95": None, "val_acc": None, "best_epoch": None, "train_data": data_label(cfg.data),
+                  "config": cfg.to_dict()}
         write_json_atomic(run.result, result)
         return result
+    meta = end.meta
     final = load_checkpoint(run.meta_state, "meta")
-    t = test_checkpoint(final, cfg, env, load_test(cfg, env))
+    t = evaluate_checkpoint(final, cfg, env, load_test(cfg, env))
     result = {
         "diverged": None,
         "test_acc": t["acc"],
@@ -148,8 +147,8 @@ def run_experiment(cfg: Config, out: str | Path, *, resume: bool = False,
         "pretrain_val_acc": final["backbone_ref"].get("val_acc"),
         "backbone": final["backbone_ref"],
         "test_episodes": len(t["accs"]),
-        "train_data": describe(cfg.data),
-        "test_data": describe(eval_data(cfg), cfg.eval.data.split),
+        "train_data": data_label(cfg.data),
+        "test_data": data_label(eval_data(cfg), cfg.eval.data.split),
         "protocol": f"{cfg.meta.way}-way {cfg.meta.shot}-shot, {eval_query(cfg.meta, cfg.eval)} queries/class, "
                     f"{cfg.eval.inner_steps} inner steps ({cfg.eval.protocol})",
         "test_accs": t["accs"],

@@ -27,8 +27,8 @@ from mtl.data.formats import subfolders
 from mtl.data.transforms import hflip
 from mtl.errors import DataError
 from mtl.models.head import adapt_head, logits
+from mtl.phases.evaluate import meta_model
 from mtl.runtime import Env
-from mtl.trial import meta_model
 
 LAYOUT = "DIR/<class>/<image files>"
 

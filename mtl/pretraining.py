@@ -1,15 +1,21 @@
-"""The pretraining store: one pretraining per distinct pretraining setup, reused by every trial and run.
+"""Where a trial's pre-trained backbone comes from: a given file, or the pretraining store.
 
 Pretraining does not depend on the meta-transfer hyperparameters, so trials that agree on the
-dataset and on every pretraining field share one pre-trained backbone. The entry's key hashes
-the dataset fingerprint and those fields (:func:`pretrain_key`). Entries live under the sweep's
-storage path, so trials on other nodes find them when the storage is shared (NFS).
+dataset and on every pretraining field share one pre-trained backbone. The store's key hashes the
+dataset fingerprint and those fields (:func:`pretrain_key`). A sweep's entries live under its
+storage path, so trials on other nodes find them when the storage is shared (NFS); a single run's
+beside the decoded-image cache (:func:`pretrain_store`).
 
 Concurrency (:class:`mtl.store.Store`): a file lock per key makes exactly one process build an
 entry while the others wait for it. The builder keeps its resumable state in ``<key>.partial/``
 (a crashed builder's successor continues from it) and the store publishes the finished entry
 (``backbone.pt``, ``info.json``) by renaming a complete, fsynced temporary folder to ``<key>/``:
 an entry either exists whole or not at all. Every finished build adds a line to ``builds.log``.
+
+A backbone travels with its reference (:class:`Backbone`): content hash, store key, where it came
+from. A meta checkpoint records that reference, and :func:`standalone` puts the weights back into
+it, from the store or the given file, for ``python -m mtl evaluate``, ``predict`` and a sweep's
+winner.
 """
 
 from __future__ import annotations
@@ -31,7 +37,13 @@ from filelock import FileLock
 from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.config import Config, pretraining_keys
 from mtl.data import dataset_fingerprint
+from mtl.data.cache import cache_dir
+from mtl.episodes import bank_seed
+from mtl.errors import CheckpointError
 from mtl.files import write_json_atomic, write_text_atomic
+from mtl.phases.divergence import Divergence
+from mtl.phases.pretrain import Pretrainer
+from mtl.runtime import Env
 from mtl.store import Store
 
 log = logging.getLogger(__name__)
@@ -39,6 +51,8 @@ log = logging.getLogger(__name__)
 # marked fields whose influence reaches the key through the dataset's content fingerprint instead:
 # the same data under another path is the same pretraining
 VIA_FINGERPRINT = ("data.root",)
+# report(metrics, checkpoint) of a trial (mtl.trial.Report); pretraining epochs come with no checkpoint
+Report = Callable[[dict[str, Any], "dict[str, Any] | None"], None]
 
 
 def pretrain_key(cfg: Config, dataset_fp: str | None = None) -> str:
@@ -48,6 +62,124 @@ def pretrain_key(cfg: Config, dataset_fp: str | None = None) -> str:
     payload = json.dumps({"dataset": dataset_fp or dataset_fingerprint(cfg.data), "fields": fields}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
+
+def pretrain_store(cfg: Config) -> Path:
+    """Where ``python -m mtl train`` keeps pretraining entries: beside the decoded-image cache."""
+    return cache_dir(cfg.data) / "pretrain"
+
+
+def content_hash(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and values (independent of file format)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Backbone:
+    state: dict[str, torch.Tensor]
+    ref: dict[str, Any]  # sha256, key (pretraining entry, "" if given), source, val_acc, status
+
+
+def load_backbone(path: str | Path, backbone: str) -> dict[str, torch.Tensor]:
+    """Pre-trained weights from a ``backbone`` checkpoint or a plain state dict file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"pretrain.checkpoint {path} does not exist; check the path")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        load_checkpoint(path)  # raises the uniform corrupt-checkpoint error
+        raise
+    if isinstance(raw, dict) and raw.get("kind") == "backbone":
+        if raw["backbone"] != backbone:
+            raise CheckpointError(f"{path} holds a {raw['backbone']!r} backbone but model.backbone = "
+                                  f"{backbone!r}; set model.backbone={raw['backbone']}")
+        return raw["state"]
+    if isinstance(raw, dict) and raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
+        return raw
+    raise CheckpointError(f"{path} is neither an mtl backbone checkpoint nor a state dict of tensors")
+
+
+def given_backbone(path: str | Path, backbone: str) -> Backbone:
+    """``pretrain.checkpoint``: a backbone file the user gave (no pretraining)."""
+    state = load_backbone(path, backbone)
+    return Backbone(state, {"sha256": content_hash(state), "key": "", "source": str(Path(path).resolve()),
+                            "val_acc": None, "status": "given"})
+
+
+def pretrainer(cfg: Config, env: Env, data: dict[str, Any]) -> Pretrainer:
+    """The pretraining phase of ``cfg`` on the decoded splits (:func:`mtl.trial.load_data`)."""
+    return Pretrainer(cfg.pretrain, env, data["train"], data["val"], backbone=cfg.model.backbone,
+                      normalization=cfg.data.normalization, probe_seed=bank_seed(cfg.eval.seed, "probe"),
+                      eval_batch=cfg.eval.batch_episodes)
+
+
+class _Stopped(Exception):
+    """A build that diverged: the store publishes nothing."""
+
+
+def pretrained_backbone(cfg: Config, env: Env, data: dict[str, Any], store: str | Path, *, who: str = "",
+                        report: Report | None = None, fix: str | None = None) -> Backbone | Divergence:
+    """``pretrain.checkpoint`` when given, else the store's entry for this pretraining setup (built
+    here, resumably, if no one built it yet; ``report`` sees its epochs). A build that diverges
+    publishes nothing and returns where it diverged. ``fix``: what to do when the store cannot be
+    written."""
+    if cfg.pretrain.checkpoint:
+        return given_backbone(cfg.pretrain.checkpoint, cfg.model.backbone)
+    trainer: Pretrainer | None = None
+
+    def build(state_path: Path) -> dict[str, Any]:
+        nonlocal trainer
+        trainer = pretrainer(cfg, env, data)
+        if state_path.exists():
+            trainer.load_state_dict(load_checkpoint(state_path, trainer.kind))
+            log.info("pretraining resumes after epoch %d", trainer.epoch)
+        while not trainer.done:
+            metrics = trainer.run_epoch()
+            if trainer.diverged:
+                (report or _log_pretrain(cfg))(metrics, None)
+                raise _Stopped
+            save_checkpoint(state_path, trainer.state_dict())
+            (report or _log_pretrain(cfg))(metrics, None)
+        return {**trainer.backbone_payload(), "config": cfg.to_dict()}
+
+    try:
+        entry = PretrainCache(store, fix).get_or_build(cfg, build, who=who, dataset_fp=data.get("dataset_fingerprint"))
+    except _Stopped:
+        return trainer.diverged
+    return Backbone(entry.state, {"sha256": content_hash(entry.state), "key": entry.key, "source": str(entry.path),
+                                  "val_acc": entry.val_acc, "status": entry.status})
+
+
+def _log_pretrain(cfg: Config) -> Report:
+    def line(m: dict[str, Any], _: Any) -> None:
+        log.info("pretrain epoch %d/%d: val_acc=%.4f", m["epoch"], cfg.pretrain.epochs, m.get("val_acc", float("nan")))
+    return line
+
+
+def backbone_of(ref: dict[str, Any], cfg: Config, store: str | Path) -> Backbone:
+    """The backbone a checkpoint's ``backbone_ref`` names: its store entry, or the given file."""
+    if not ref["key"]:
+        return given_backbone(cfg.pretrain.checkpoint, cfg.model.backbone)
+    entry = PretrainCache(store).lookup(ref["key"])
+    if entry is None:
+        raise CheckpointError(f"pretraining entry {ref['key']} is missing from {store}")
+    return Backbone(entry.state, ref)
+
+
+def standalone(ck: dict[str, Any], backbone: Backbone | None = None, *, store: str | Path | None = None
+               ) -> dict[str, Any]:
+    """A meta checkpoint that stands alone (``python -m mtl evaluate``, ``predict``): ``ck`` with the
+    weights of its backbone, ``backbone`` if given, else the one its ``backbone_ref`` names in ``store``."""
+    if backbone is None:
+        from mtl.config import config_from_dict
+
+        backbone = backbone_of(ck["backbone_ref"], config_from_dict(ck["config"]), store or "")
+    return {**ck, "backbone": backbone.state, "backbone_ref": backbone.ref}
 
 
 @dataclass(frozen=True)
@@ -60,13 +192,10 @@ class Entry:
 
 
 class PretrainCache:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, fix: str | None = None) -> None:
         self.root = Path(root)
-        self.store = Store(self.root, "pretraining cache", "give the sweep a writable storage path",
+        self.store = Store(self.root, "pretraining cache", fix or "give the sweep a writable storage path",
                            complete=lambda entry: (entry / "backbone.pt").is_file())
-
-    def entry_dir(self, key: str) -> Path:
-        return self.store.path(key)
 
     def lookup(self, key: str) -> Entry | None:
         d = self.store.get(key)

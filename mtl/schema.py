@@ -207,6 +207,15 @@ def dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def changed(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """The dotted keys (sorted) whose values differ between two nested mappings, or that only one holds."""
+    da, db = dotted(a), dotted(b)
+    return sorted(k for k in da.keys() | db.keys() if da.get(k, _MISSING) != db.get(k, _MISSING))
+
+
+_MISSING = object()
+
+
 def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in flat.items():

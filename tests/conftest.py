@@ -35,7 +35,7 @@ def ray_local():
 
     A short temp dir of its own: Ray's socket paths must stay under 108 bytes, and other Ray
     clusters on this machine must not be touched."""
-    ray = pytest.importorskip("ray")
+    import ray
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     with pytest.MonkeyPatch.context() as mp:
         for key, value in RAY_ENV.items():
@@ -74,7 +74,7 @@ def poison_loss(monkeypatch):
 # never ends with one worker alone on a long module while the other idles. The rest keep their
 # collection order.
 LONG_FIRST = ["test_tune_resume.py", "test_tune_sweep.py", "test_learning.py", "test_cluster_job.py",
-              "test_tracking.py", "test_bench.py", "test_output.py", "test_trial.py"]
+              "test_mlflow_sweep.py", "test_bench.py", "test_output.py", "test_trial.py"]
 
 
 def pytest_collection_modifyitems(session, config, items):

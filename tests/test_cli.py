@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from tiny_settings import TINY
+
 from mtl.cli import main
 from mtl.configs import load_config
 from mtl.experiment import run_experiment
@@ -127,7 +127,7 @@ def test_a_run_that_diverges_writes_its_result_so_and_exits_3(finished, tmp_path
     assert err.startswith("diverged: meta-training's loss became non-finite at update 2 (epoch 1); lower "
                           "meta.inner_lr") and "\n" not in err
     res = json.loads((out / "result.json").read_text())
-    assert res["diverged"] == {"epoch": 1, "update": 2} and res["test_acc"] is None
+    assert res["diverged"] == {"phase": "meta", "epoch": 1, "update": 2} and res["test_acc"] is None
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["diverged"] == 1
     assert not (out / "meta_state.pt").exists()  # no epoch finished before it: no model to keep
 
@@ -146,5 +146,7 @@ def test_pretraining_that_diverges_exits_3_and_publishes_nothing(tmp_path, capsy
                  "-q"])
     err = capsys.readouterr().err.strip()
     assert code == 3 and err == ("diverged: pretraining loss became non-finite at step 1 of epoch 1; "
-                                 "lower pretrain.lr (now 0.05)")
+                                 f"lower pretrain.lr (now 0.05); nothing was tested; results in {tmp_path / 'o'}/result.json")
     assert not list((cache / "pretrain").glob("*/backbone.pt"))
+    res = json.loads((tmp_path / "o" / "result.json").read_text())  # a result, as a meta-training that diverges
+    assert res["diverged"] == {"phase": "pretrain", "epoch": 1, "update": 1} and res["test_acc"] is None

@@ -104,8 +104,10 @@ def test_cluster_yaml_commands_are_valid_bash():
 
 
 def _upload(tmp_path: Path, excludes: list[str]) -> zipfile.ZipFile:
-    """The zip Ray would upload for ``--working-dir <repo>`` (Ray's own packing code)."""
-    packaging = pytest.importorskip("ray._private.runtime_env.packaging")
+    """The zip Ray would upload for ``--working-dir <repo>`` (Ray's own packing code: private, so a Ray
+    that moves it fails this test loudly)."""
+    from ray._private.runtime_env import packaging
+
     out = tmp_path / "pkg.zip"
     packaging._zip_files(str(REPO), excludes, str(out), include_gitignore=True)
     return zipfile.ZipFile(out)

@@ -5,8 +5,8 @@ import yaml
 
 from mtl.config import Config, all_keys, check_against_data, config_from_dict
 from mtl.configs import find_config, load_config, packaged_configs, save_config
-from mtl.schema import parse_override
 from mtl.errors import ConfigError
+from mtl.schema import parse_override
 
 
 def test_defaults_are_resolved_from_the_pt_recipe():

@@ -205,7 +205,7 @@ def _open_store(uri: str, name: str, barrier) -> str:
     from mtl.tracking.mlflow import SweepTracker
 
     barrier.wait()
-    tracker = SweepTracker(uri, "shared-experiment", name, planned_epochs=1)
+    tracker = SweepTracker(uri, "shared-experiment", name)
     return tracker.start({"x": 1})
 
 

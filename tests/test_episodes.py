@@ -78,8 +78,9 @@ def test_the_trainers_draw_their_banks_from_separate_seeds():
 
     from mtl.configs import load_config
     from mtl.models.backbones import create_backbone
+    from mtl.pretraining import pretrainer
     from mtl.runtime import make_env
-    from mtl.trial import load_data, meta_trainer, pretrainer
+    from mtl.trial import load_data, meta_trainer
 
     cfg = load_config("synthetic", [*TINY, "eval.val_episodes=20", "pretrain.val_episodes=20"])
     env = make_env(cfg.runtime)

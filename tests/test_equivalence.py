@@ -20,11 +20,11 @@ from mtl.data.transforms import Normalize, hflip
 from mtl.episodes import episode_bank
 from mtl.models.backbones import create_backbone
 from mtl.models.head import ci95
-from mtl.models.scale_shift import bn_affine_parameters, set_bn_mode, ss_parameters, to_scale_shift
+from mtl.models.scale_shift import bn_affine_parameters, build_meta_model, set_bn_mode, ss_parameters, to_scale_shift
 from mtl.phases.evaluate import Embedder, cpu_chunk, evaluate
-from mtl.phases.meta import build_meta_model
+from mtl.pretraining import pretrainer
 from mtl.runtime import make_env
-from mtl.trial import meta_trainer, pretrainer
+from mtl.trial import meta_trainer
 
 OVERRIDES = [
     "data.dataset=synthetic", "data.image_size=32", "data.normalization=pt",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from tiny_settings import TINY, TINY_SWEEP
+
 from mtl.cli import main
 from mtl.config import Data, Synthetic
 from mtl.configs import load_config
@@ -72,7 +72,7 @@ def test_evaluate_and_the_sweep_winner_test_use_eval_data(cross, tmp_path, capsy
                  "-q"]) == 0
     assert json.loads(out.read_text())["test_data"] == "synthetic (test split)"
     # what the sweep driver runs for its winner (mtl/tune/sweep.py), on the trial's config
-    from mtl.trial import pretrain_store
+    from mtl.pretraining import pretrain_store
     from mtl.tune.finals import compare_task
 
     won = compare_task([("t", str(run))], str(pretrain_store(load_config("synthetic", sets))), {})["t"]

@@ -5,8 +5,8 @@ import os
 import stat
 
 import pytest
-
 from tiny_settings import TINY
+
 from mtl.configs import load_config
 from mtl.experiment import run_experiment
 

@@ -6,8 +6,16 @@ from torch import nn
 
 from mtl.errors import CheckpointError, ConfigError
 from mtl.models.backbones import BACKBONES, create_backbone
-from mtl.models.scale_shift import (SSConv2d, bn_affine_parameters, load_backbone_state, load_meta_state,
-                                    meta_state, set_bn_mode, ss_parameters, to_scale_shift)
+from mtl.models.scale_shift import (
+    SSConv2d,
+    bn_affine_parameters,
+    load_backbone_state,
+    load_meta_state,
+    meta_state,
+    set_bn_mode,
+    ss_parameters,
+    to_scale_shift,
+)
 
 SIZES = {"tiny": 32, "resnet12": 84, "resnet25": 80}
 DIMS = {"tiny": 64, "resnet12": 512, "resnet25": 640}

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-
 from test_eval_data import write_glyph_folder
 from tiny_settings import TINY_SWEEP
+
 from mtl.cli import main
 
 

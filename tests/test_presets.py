@@ -8,7 +8,7 @@ import yaml
 
 from mtl.config import RECIPES, config_from_dict
 from mtl.configs import load_config, packaged_configs, save_config
-from mtl.tune.preflight import describe
+from mtl.tune.preflight import dry_run_text
 from mtl.tune.spec import load_spec
 
 ROOT = ["data.root=/data"]  # the data need not exist to build a config
@@ -81,7 +81,7 @@ def test_sweep_config_and_set_switch_the_recipe_alike(tmp_path):
     assert inline.base == want
     over = load_spec(_spec(tmp_path, "base: mini_1shot\n" + SPACE), [*ROOT, "pretrain.recipe=tf"])
     assert over.base == want
-    assert "# pretrain.recipe tf supplies epochs, batch_size" in describe(over)  # --dry-run shows it
+    assert "# pretrain.recipe tf supplies epochs, batch_size" in dry_run_text(over)  # --dry-run shows it
 
 
 def test_sweep_space_searching_the_recipe(tmp_path):
@@ -93,7 +93,7 @@ def test_sweep_space_searching_the_recipe(tmp_path):
     want = load_config("mini_1shot_pt", [*ROOT, "pretrain.recipe=tf", "pretrain.lr=0.02"])
     assert trial == want
     assert (trial.pretrain.epochs, trial.pretrain.head, trial.pretrain.lr) == (17, "linear", 0.02)
-    text = describe(spec)
+    text = dry_run_text(spec)
     assert "# a trial with pretrain.recipe=tf: pretrain.recipe tf supplies epochs, batch_size, optimizer" in text
     assert "pretraining: one entry per distinct pretraining setup" in text
 

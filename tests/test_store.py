@@ -200,11 +200,19 @@ def test_json_round_trip_and_replace(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["obj.json"]
 
 
-def test_fsync_tree_walks_everything(tmp_path):
+def test_fsync_tree_walks_everything(tmp_path, monkeypatch):
+    import os
+
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "a" / "b" / "f").write_text("x")
     (tmp_path / "g").write_text("y")
-    fsync_tree(tmp_path)  # no error on files, nested folders and the root itself
+    synced, real = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    fsync_tree(tmp_path)
+    everything = [tmp_path / "a" / "b" / "f", tmp_path / "a" / "b", tmp_path / "a", tmp_path / "g", tmp_path]
+    assert sorted(synced) == sorted(map(str, everything))  # every file, every folder, the root itself
+    assert synced.index(str(tmp_path / "a" / "b" / "f")) < synced.index(str(tmp_path / "a" / "b")) < synced.index(
+        str(tmp_path))  # deepest first: a folder after what it holds
 
 
 def test_pretrain_cache_on_the_store(tmp_path):

@@ -5,14 +5,14 @@ import typing
 
 import pytest
 import torch
-
 from tiny_settings import TINY
-from mtl.config import all_keys, affects_pretraining, field_type, pretraining_keys
+
+from mtl.config import affects_pretraining, all_keys, field_type, pretraining_keys
 from mtl.configs import load_config
 from mtl.errors import CheckpointError
-from mtl.pretraining import VIA_FINGERPRINT, pretrain_key
+from mtl.pretraining import VIA_FINGERPRINT, content_hash, pretrain_key, pretrainer
 from mtl.runtime import make_env
-from mtl.trial import content_hash, load_data, meta_trainer, pretrainer, run_trial
+from mtl.trial import load_data, meta_trainer, run_trial
 
 
 class Recorder:
@@ -36,7 +36,7 @@ def trial(tmp_path_factory):
     store = tmp_path_factory.mktemp("store")
     cfg = load_config("synthetic", TINY)
     rec = Recorder()
-    trainer = run_trial(cfg, store=store, report=rec)
+    trainer = run_trial(cfg, store=store, report=rec).meta
     return cfg, store, rec, trainer
 
 
@@ -48,6 +48,22 @@ def test_a_whole_trial_runs_without_ray_and_reports_every_epoch(trial):
     assert all("val_acc" in r for r in rec.rows if r["phase"] == "meta")
 
 
+def test_every_key_the_trainers_emit_is_declared_once(trial):
+    """mtl.metrics is the one table of what a trial reports: a new metric must be declared there
+    (with where it goes), or a sweep would drop or misfile it."""
+    from mtl.metrics import METRICS
+    from mtl.tune.trainable import reported
+
+    _, _, rec, _ = trial
+    emitted = {k for r in rec.rows for k in r}
+    assert emitted >= {"phase", "epoch", "val_acc", "best_val_acc", "train_loss", "images_per_s", "episodes_per_s"}
+    assert emitted <= METRICS.keys(), sorted(emitted - METRICS.keys())
+    forwarded = reported(rec.rows[-1], rec.checkpoints[-1])  # what Ray gets of the last meta epoch
+    assert forwarded.keys() == {k for k, v in rec.rows[-1].items() if k == "phase" or isinstance(v, (int, float))} | {
+        "pretrain_val_acc", "pretrain_built"}
+    assert forwarded.keys() <= METRICS.keys()
+
+
 def test_checkpoint_names_its_backbone(trial):
     cfg, store, rec, _ = trial
     ref = rec.checkpoints[-1]["backbone_ref"]
@@ -56,7 +72,7 @@ def test_checkpoint_names_its_backbone(trial):
     from mtl.pretraining import PretrainCache
 
     assert ref["sha256"] == content_hash(PretrainCache(store).lookup(key).state)
-    assert rec.checkpoints[-1]["config"] == cfg.to_dict() and rec.checkpoints[-1]["backbone"] is None
+    assert rec.checkpoints[-1]["config"] == cfg.to_dict() and "backbone" not in rec.checkpoints[-1]
 
 
 def test_second_trial_reuses_the_store_and_resumes_exactly(trial):
@@ -90,9 +106,12 @@ def test_validation_is_kept_per_episode_and_alike_trials_embed_the_test_episodes
     for v, row in zip(ck["val_accs"], meta_rows):
         assert len(v["accs"]) == cfg.eval.val_episodes
         assert sum(v["accs"]) / len(v["accs"]) == pytest.approx(row["val_acc"])
+    other = rec.checkpoints[0]  # epoch 1's; its best state may be epoch 3's too: make its scales its own
+    state = {k: v * 1.01 if k.endswith(".scale") else v for k, v in other["current"]["model"].items()}
+    other = {**other, "best_state": None, "current": {**other["current"], "model": state}}
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
-        save_checkpoint(tmp_path / name / "meta_state.pt", ck if name != "c" else rec.checkpoints[0])
+        save_checkpoint(tmp_path / name / "meta_state.pt", ck if name != "c" else other)
     calls = []
     real = Embedder.__call__
     monkeypatch.setattr(Embedder, "__call__", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
@@ -113,11 +132,12 @@ def test_a_trial_that_diverges_reports_a_last_worst_result_without_a_checkpoint(
     poison_loss(MetaTrainer, 6)  # the loss is NaN from the 6th update on
     rec = Recorder()
     with caplog.at_level("WARNING", logger="mtl.trial"):
-        trainer = run_trial(cfg, store=store, report=rec)  # returns: no exception
+        end = run_trial(cfg, store=store, report=rec)  # returns: no exception
     assert [(r["epoch"], r.get("diverged")) for r in rec.rows] == [(1, None), (2, 1)]
     assert len(rec.checkpoints) == 1 and rec.checkpoints[0]["epoch"] == 1  # nothing saved after the NaN
     assert rec.rows[-1]["val_acc"] == 0.0 and rec.rows[-1]["best_val_acc"] == 0.0
-    assert trainer.diverged == {"epoch": 2, "update": 6} and trainer.epoch == 2 < cfg.meta.epochs
+    assert (end.diverged.phase, end.diverged.epoch, end.diverged.update) == ("meta", 2, 6)
+    assert end.meta.epoch == 2 < cfg.meta.epochs
     assert "meta-training diverged at update 6 (epoch 2)" in caplog.text and "lower meta.inner_lr" in caplog.text
 
 

@@ -186,9 +186,9 @@ def test_val_every_is_fine_for_a_metric_reported_every_epoch(tmp_path):
 def test_resume_must_repeat_the_first_launch(tmp_path):
     """--resume with other settings than the first launch fails before Ray starts (the restored
     trials would silently get the new base config, the restored searcher the old settings)."""
+    from mtl.files import write_json_atomic
     from mtl.tune.preflight import SPEC_FILE, preflight
     from mtl.tune.preflight import identity as _identity
-    from mtl.files import write_json_atomic
 
     over = [f"storage={tmp_path / 'res'}", "mlflow.enabled=false", "meta.epochs=3"]
     spec = _load(tmp_path, SPACE_OK, over)

@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 from tune_support import (
     LAUNCH,
@@ -38,8 +39,6 @@ from tune_support import (
     tune_state,
     wait_gone,
 )
-
-mlflow = pytest.importorskip("mlflow")
 
 EPOCHS = 5
 SAMPLES = 4

@@ -19,12 +19,11 @@ import os
 import signal
 from pathlib import Path
 
+import mlflow
 import pytest
+import ray
+from ray import tune
 from tune_support import SMOKE, TINY, restart_index, results, trial_dirs
-
-ray = pytest.importorskip("ray")
-mlflow = pytest.importorskip("mlflow")
-from ray import tune  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -97,7 +96,7 @@ def test_smoke_sweep_end_to_end(ray_local, store, tmp_path):
     spec = _spec(tmp_path, store, [f"meta.epochs={epochs}", "tune.num_samples=6", "tune.max_concurrent=1",
                                    "tune.final_seeds=2"])
     assert spec.tune.scheduler == "asha" and spec.tune.searcher == "optuna" and spec.tune.max_concurrent == 1
-    summary = run_sweep(spec)
+    summary = run_sweep(spec).model_dump(mode="json")  # as summary.json holds it
     exp = spec.experiment_dir
     trials = summary["trials"]
 
@@ -136,7 +135,7 @@ def test_smoke_sweep_end_to_end(ray_local, store, tmp_path):
     # a driver that died after the search, before summary.json: --resume runs nothing twice
     final = {p.name: p.stat().st_mtime_ns for p in (exp / "final").iterdir()}
     (exp / "summary.json").unlink()
-    again = run_sweep(spec, resume=True)
+    again = run_sweep(spec, resume=True).model_dump(mode="json")
     assert {p.name: p.stat().st_mtime_ns for p in (exp / "final").iterdir()} == final
     for key in ("baseline", "comparison", "final_seeds", "best", "verdict"):
         assert json.loads(json.dumps(again[key])) == json.loads(json.dumps(summary[key])), key
@@ -247,7 +246,7 @@ resources: {cpu: 0.25, gpu: 0.25}
     spec = _spec(tmp_path, store, ["pretrain.epochs=2", "meta.epochs=2", "meta.batches_per_epoch=2"], text)
     running = RunningCount()
     _add_callback(monkeypatch, running)
-    summary = run_sweep(spec)
+    summary = run_sweep(spec).model_dump(mode="json")  # as summary.json holds it
     assert summary["resources"] == {"cpu": 0.25, "gpu": 0.25}
     trials = summary["trials"]
     assert len(trials) == 5 and all(t["outcome"] == "completed" and t["epoch"] == 2 for t in trials)
@@ -295,7 +294,7 @@ def test_trial_killed_mid_epoch_is_retried_from_its_checkpoint(ray_local, store,
         killed.append(result["pid"])
 
     _add_callback(monkeypatch, OnFirstResult(lambda r: r["epoch"] == 2, kill_trial))
-    summary = run_sweep(spec)
+    summary = run_sweep(spec).model_dump(mode="json")  # as summary.json holds it
     assert len(killed) == 1, killed
 
     (trial,) = summary["trials"]
@@ -346,7 +345,7 @@ resources: {cpu: 1, gpu: 0}
     spec = _spec(tmp_path, store, ["pretrain.epochs=1", "meta.epochs=3"], text)
     failures = Failures()
     _add_callback(monkeypatch, failures)
-    summary = run_sweep(spec)
+    summary = run_sweep(spec).model_dump(mode="json")  # as summary.json holds it
     assert failures.failed == []  # it ended without an error: nothing to retry
     (trial,) = summary["trials"]
     assert (trial["outcome"], trial["epoch"], trial["diverged_update"], trial["error"]) == ("diverged", 1, 1, None)

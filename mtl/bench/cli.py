@@ -61,7 +61,7 @@ def run(s: BenchSettings, json_path: str | None = None, command: Sequence[str] =
     from mtl.bench.report import targets
     from mtl.bench.timing import Plan, device_info, release
     from mtl.bench.trials import concurrent_trials
-    from mtl.bench.workload import build, describe, overrides
+    from mtl.bench.workload import build, overrides, workload_settings
     from mtl.files import write_json_atomic
 
     t0 = time.perf_counter()
@@ -73,7 +73,7 @@ def run(s: BenchSettings, json_path: str | None = None, command: Sequence[str] =
     info = device_info(w.env.device)
     figs: dict[str, dict[str, Any]] = {}
     result: dict[str, Any] = {"schema": 1, "complete": False, "quick": s.quick, "command": list(command),
-                              "environment": info, "settings": describe(w), "bench_settings": s.to_dict(),
+                              "environment": info, "settings": workload_settings(w), "bench_settings": s.to_dict(),
                               "timing_plan": {"warmup": plan.warmup, "iters": plan.iters, "repeats": plan.repeats,
                                               "seconds": plan.seconds}, "figures": figs, "memory": None}
 

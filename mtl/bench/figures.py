@@ -29,10 +29,10 @@ from mtl.bench.timing import PeakMemory, Plan, interleaved
 from mtl.bench.workload import QUERY, WAY, Workload, shape
 from mtl.episodes import episode_bank
 from mtl.models.backbones import create_backbone
-from mtl.models.scale_shift import set_bn_mode
+from mtl.models.scale_shift import build_meta_model, set_bn_mode
 from mtl.phases.evaluate import cpu_chunk
-from mtl.phases.meta import build_meta_model
-from mtl.trial import meta_trainer, pretrainer
+from mtl.pretraining import pretrainer
+from mtl.trial import meta_trainer
 
 THROUGHPUT = "ours / floor throughput (higher is better; 1.0 = backbone speed)"
 TIME = "our time / floor time (lower is better; 1.0 = no cost beyond the backbone)"

@@ -113,7 +113,7 @@ def calibrated_state(cfg: Config, env: Env, split: Split, batches: int = 2, batc
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def describe(w: Workload) -> dict[str, Any]:
+def workload_settings(w: Workload) -> dict[str, Any]:
     """The settings every figure of a run shares (goes into the JSON and the table header)."""
     c = w.cfg
     return {"backbone": c.model.backbone, "image_size": c.data.image_size, "precision": c.runtime.precision,

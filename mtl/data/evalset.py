@@ -31,7 +31,7 @@ def is_cross_domain(cfg: Config) -> bool:
     return (data.dataset, data.root) != (cfg.data.dataset, cfg.data.root)
 
 
-def describe(data: Data, split: str | None = None) -> str:
+def data_label(data: Data, split: str | None = None) -> str:
     """``"mini /data/miniImageNet"``, ``"folder /data/cub (test split)"``, ``"synthetic"``: for results and messages."""
     text = data.dataset if data.dataset == "synthetic" or not data.root else f"{data.dataset} {data.root}"
     return f"{text} ({split} split)" if split else text
@@ -39,7 +39,7 @@ def describe(data: Data, split: str | None = None) -> str:
 
 def check_eval_shapes(cfg: Config, index: SplitIndex) -> None:
     """The test episodes (meta.way classes, meta.shot + eval query images each) fit the test set."""
-    m, where = cfg.meta, describe(eval_data(cfg), cfg.eval.data.split)
+    m, where = cfg.meta, data_label(eval_data(cfg), cfg.eval.data.split)
     per_class = m.shot + eval_query(m, cfg.eval)
     if m.way > len(index.class_names):
         raise ConfigError(f"meta.way = {m.way} but the test set {where} has only {len(index.class_names)} classes; "

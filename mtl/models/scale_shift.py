@@ -11,12 +11,18 @@ pre-trained one did.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mtl.errors import CheckpointError
+from mtl.models.backbones import create_backbone
+
+if TYPE_CHECKING:
+    from mtl.config import Model
+    from mtl.runtime import Env
 
 
 class SSConv2d(nn.Module):
@@ -118,6 +124,18 @@ def load_backbone_state(model: nn.Module, state: dict[str, torch.Tensor], source
             f"pretrained weights in {source} do not fit the backbone ({' '.join(s.strip() for s in first)}); "
             f"check model.backbone matches the checkpoint"
         ) from None
+
+
+def build_meta_model(spec: Model, env: Env, backbone_state: dict[str, torch.Tensor],
+                     source: str = "the backbone") -> nn.Module:
+    """The meta-transfer model: the plain backbone ``spec.backbone``, the pre-trained weights loaded
+    strictly, then converted to scale-shift form (``spec.ss_scope``, ``spec.scale_granularity``), on
+    ``env``'s device and memory format."""
+    model = create_backbone(spec.backbone)
+    load_backbone_state(model, backbone_state, source)
+    to_scale_shift(model, spec.ss_scope, spec.scale_granularity)
+    fmt = torch.channels_last if env.channels_last else torch.contiguous_format
+    return model.to(env.device, memory_format=fmt)
 
 
 def _frozen_keys(model: nn.Module) -> set[str]:

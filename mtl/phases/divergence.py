@@ -7,19 +7,24 @@ every update on a CPU, where reading is free, so no non-finite update is ever ap
 non-finite update are not a result: a trainer that sees one stops at once, and nothing after it
 is validated or checkpointed.
 
-Meta-training that diverges ends with a result (:func:`worst_metrics`, ``diverged: 1``), so a
-sweep's scheduler and searcher learn that the region is bad and Ray Tune does not retry a
-deterministic failure. Pretraining that diverges raises :class:`~mtl.errors.Diverged`: its store
-must not publish the backbone (the Ray trainable turns that error into the same worst result).
-A loss that explodes without becoming non-finite (:func:`warn_if_exploding`) gets one warning.
+Both phases report divergence the same way: the trainer keeps a :class:`Divergence` (where, and
+what to lower), and its last epoch's metrics are marked ``diverged: 1`` with every metric at its
+worst (:func:`mtl.metrics.worst_metrics`), so a sweep's scheduler and searcher learn that the region
+is bad and Ray Tune does not retry a deterministic failure. A pretraining that diverged publishes
+no backbone. A loss that explodes without becoming non-finite (:func:`warn_if_exploding`) gets one
+warning.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
+
+from mtl.metrics import worst_metrics
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +32,36 @@ CHECK_EVERY = 16  # updates between two host reads of the flag on an accelerator
 EXPLODING = 10.0  # a training loss this many times the chance level's (log of the classes) is exploding
 
 
-def worst_metrics() -> dict[str, float]:
-    """Every metric a sweep can optimise (``tune.metric``) at its worst: accuracies 0 (mode max),
-    the training loss +inf (mode min)."""
-    return {"val_acc": 0.0, "best_val_acc": 0.0, "train_acc": 0.0, "train_loss": math.inf}
+@dataclass(frozen=True)
+class Divergence:
+    """Where a loss first became non-finite: the phase, its epoch (1-based) and the update (in
+    pretraining, the step of that epoch), and what to lower."""
+
+    phase: Literal["pretrain", "meta"]
+    epoch: int
+    update: int
+    fix: str
+
+    def line(self) -> str:
+        """``pretraining loss became non-finite at step 3 of epoch 1; lower pretrain.lr (now 0.05)``."""
+        if self.phase == "pretrain":
+            return f"pretraining loss became non-finite at step {self.update} of epoch {self.epoch}; {self.fix}"
+        return (f"meta-training's loss became non-finite at update {self.update} (epoch {self.epoch}); "
+                f"{self.fix}")
+
+    def warning(self) -> str:
+        """The log line of the trial that stops here."""
+        name, at = ("pretraining", f"step {self.update} of epoch {self.epoch}") if self.phase == "pretrain" else (
+            "meta-training", f"update {self.update} (epoch {self.epoch})")
+        return (f"{name} diverged at {at}: its loss became non-finite, so the run stops with every metric at its "
+                f"worst; {self.fix}")
+
+    def metrics(self) -> dict[str, Any]:
+        """What the epoch that diverged reports: every metric at its worst, marked."""
+        return {**worst_metrics(), "epoch": self.epoch, "diverged": 1, "diverged_update": self.update}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "epoch": self.epoch, "update": self.update}
 
 
 class NonFiniteWatch:

@@ -1,4 +1,5 @@
-"""Episode features and few-shot evaluation (meta-validation, test, the pretraining probe).
+"""Episode features and few-shot evaluation (meta-validation, test, the pretraining probe), and
+the evaluation of a trained meta checkpoint (:func:`evaluate_checkpoint`).
 
 Evaluation runs many episodes at once: the backbone embeds all support and query images
 of ``batch_episodes`` episodes in one ``no_grad`` forward, then the heads of all those
@@ -13,9 +14,12 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from mtl.config import Config, eval_query
 from mtl.data.transforms import Normalize, hflip
-from mtl.episodes import Episodes
-from mtl.models.head import adapt_head, ci95, logits, query_stats
+from mtl.episodes import Episodes, bank_seed, episode_bank
+from mtl.errors import CheckpointError
+from mtl.models.head import HeadInit, adapt_head, ci95, logits, query_stats
+from mtl.models.scale_shift import build_meta_model, load_meta_state, set_bn_mode
 from mtl.runtime import Env
 
 CPU_CHUNK_PIXELS = 65536  # pixels per image x images per no-grad forward on a CPU (mtl/bench measured)
@@ -122,3 +126,51 @@ def evaluate(
             accs.append(stats["acc"])
     acc = torch.cat(accs).cpu()
     return {"acc": acc.mean().item(), "ci95": ci95(acc), "accs": acc.tolist()}
+
+
+class Replay:
+    """An Embedder whose batches of features are kept in ``store`` on the first pass over a bank
+    of episodes and read back on the next ones (evaluations with the same feature extractor)."""
+
+    def __init__(self, embed: Embedder, store: list) -> None:
+        self.embed, self.env, self.store, self.calls = embed, embed.env, store, 0
+
+    def __call__(self, source, eps, flip_support: bool = False):
+        if self.calls == len(self.store):
+            self.store.append(self.embed(source, eps, flip_support))
+        self.calls += 1
+        return self.store[self.calls - 1]
+
+
+def meta_model(ck: dict[str, Any], cfg: Config, env: Env) -> tuple[Embedder, HeadInit]:
+    """A stand-alone meta checkpoint's best state, ready to evaluate: the embedder (scale-shifted
+    backbone in evaluation mode, the trained normalisation) and the meta-learned head initialisation."""
+    if ck.get("backbone") is None:
+        raise CheckpointError("the checkpoint holds no backbone weights; complete it from its pretraining entry")
+    model = build_meta_model(cfg.model, env, ck["backbone"])
+    head = HeadInit(cfg.meta.way, model.out_dim, init="zeros").to(env.device)  # loaded below; draws no RNG
+    state = ck["best_state"] or ck["current"]
+    load_meta_state(model, state["model"])
+    head.load_state_dict(state["head"])
+    set_bn_mode(model, cfg.model.bn_mode, training=False)
+    embed = Embedder(model, Normalize(cfg.data.normalization, env.device, env.channels_last), env)
+    return embed, head
+
+
+def evaluate_checkpoint(ck: dict[str, Any], cfg: Config, env: Env, split, episodes: Episodes | None = None,
+                        features: list | None = None) -> dict[str, Any]:
+    """Few-shot accuracy (mean, 95% CI, per episode) of a stand-alone meta checkpoint's best state on
+    ``split``: on ``episodes``, by default ``cfg.eval.episodes`` episodes of the test bank of
+    ``cfg.eval.seed`` (:func:`~mtl.episodes.bank_seed`).
+
+    ``features``: a list shared by the evaluations of one feature extractor (the same backbone,
+    learnt scale and shift and BN mode) on the same episodes: the first fills it, the others
+    adapt their heads on its features without running the backbone again."""
+    embed, head = meta_model(ck, cfg, env)
+    if features is not None:
+        embed = Replay(embed, features)
+    e, m = cfg.eval, cfg.meta
+    if episodes is None:
+        episodes = episode_bank(split.offsets, m.way, m.shot, eval_query(m, e), e.episodes, bank_seed(e.seed, "test"))
+    return evaluate(embed, split, episodes, head.weight, head.bias, steps=e.inner_steps, lr=m.inner_lr,
+                    batch_episodes=e.batch_episodes, flip_support=e.protocol == "paper")

@@ -26,31 +26,20 @@ from mtl.config import Eval, HardTasks, Meta, Model, eval_query, hard_batches_pe
 from mtl.data.transforms import Normalize
 from mtl.episodes import Episodes, bank_seed, episode_bank, sample_episodes
 from mtl.hard_tasks import HardTaskScheduler
-from mtl.models.backbones import create_backbone
 from mtl.models.head import HeadInit, adapt_head, logits, query_stats
 from mtl.models.scale_shift import (
     bn_affine_parameters,
-    load_backbone_state,
+    build_meta_model,
     load_meta_state,
     meta_state,
     set_bn_mode,
     ss_parameters,
-    to_scale_shift,
 )
-from mtl.phases.divergence import NonFiniteWatch, warn_if_exploding, worst_metrics
+from mtl.phases.divergence import Divergence, NonFiniteWatch, warn_if_exploding
 from mtl.phases.evaluate import Embedder, evaluate
 from mtl.runtime import Env, RngStream, progress
 
 log = logging.getLogger(__name__)
-
-
-def build_meta_model(spec: Model, env: Env, backbone_state: dict[str, torch.Tensor], source: str = "the backbone"):
-    """Plain backbone + strict load of pre-trained weights + scale-shift conversion, on the device."""
-    model = create_backbone(spec.backbone)
-    load_backbone_state(model, backbone_state, source)
-    to_scale_shift(model, spec.ss_scope, spec.scale_granularity)
-    fmt = torch.channels_last if env.channels_last else torch.contiguous_format
-    return model.to(env.device, memory_format=fmt)
 
 
 class MetaTrainer:
@@ -90,10 +79,10 @@ class MetaTrainer:
         self.last_val: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
         # per-episode accuracies on the validation bank, each epoch it was evaluated: trials of a
-        # sweep share the bank, so these pair them episode by episode (mtl.tune.stats)
+        # sweep share the bank, so these pair them episode by episode (mtl.stats)
         self.val_accs: list[dict[str, Any]] = []
         self.watch = NonFiniteWatch(env.device)
-        self.diverged: dict[str, int] | None = None  # {"epoch", "update"} of the first non-finite loss
+        self.diverged: Divergence | None = None  # where the loss first became non-finite
         self._warned = False  # of an exploding loss, once
 
     @property
@@ -169,7 +158,10 @@ class MetaTrainer:
     def _check(self) -> bool:
         """Read the non-finite flag (one host sync); on the first that is set, mark the trainer diverged."""
         if self.diverged is None and (update := self.watch.read()) is not None:
-            self.diverged = {"epoch": self.epoch + 1, "update": update}
+            m = self.m
+            self.diverged = Divergence("meta", self.epoch + 1, update,
+                                       f"lower meta.inner_lr (now {m.inner_lr:g}) or the meta lrs (lr_ss {m.lr_ss:g}, "
+                                       f"lr_head {m.lr_head:g})")
         return self.diverged is not None
 
     def evaluate(self, source, episodes: Episodes) -> dict[str, Any]:
@@ -187,7 +179,7 @@ class MetaTrainer:
         metrics: dict[str, Any] = {"phase": "meta", **self.train_epoch()}
         self.epoch += 1
         if self.diverged:
-            metrics.update(worst_metrics(), epoch=self.epoch, diverged=1, diverged_update=self.diverged["update"])
+            metrics.update(self.diverged.metrics())
             self.history.append(metrics)
             return metrics
         if self.epoch % self.ev.val_every == 0 or self.done:
@@ -248,4 +240,4 @@ class MetaTrainer:
         self.best_ci = ck["best_ci"]
         self.last_val = dict(ck["last_val"])
         self.history = list(ck["history"])
-        self.val_accs = list(ck.get("val_accs", []))  # absent from checkpoints written before it was kept
+        self.val_accs = list(ck["val_accs"])

@@ -22,9 +22,9 @@ from torch import nn
 from mtl.config import Pretrain
 from mtl.data.transforms import Normalize, random_resized_crop_flip
 from mtl.episodes import episode_bank
-from mtl.errors import Diverged, MTLError
+from mtl.errors import MTLError
 from mtl.models.backbones import create_backbone
-from mtl.phases.divergence import NonFiniteWatch, warn_if_exploding
+from mtl.phases.divergence import Divergence, NonFiniteWatch, warn_if_exploding
 from mtl.phases.evaluate import Embedder, evaluate
 from mtl.runtime import Env, RngStream, progress
 
@@ -71,17 +71,18 @@ class Pretrainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
         self.watch = NonFiniteWatch(env.device)
+        self.diverged: Divergence | None = None  # where the loss first became non-finite
         self._warned = False  # of an exploding loss, once
 
     @property
     def done(self) -> bool:
-        return self.epoch >= self.p.epochs
+        return self.diverged is not None or self.epoch >= self.p.epochs
 
-    def _check(self) -> None:
-        """Raise :class:`~mtl.errors.Diverged` if a loss so far was not finite (one host sync)."""
-        if (bad := self.watch.read()) is not None:
-            raise Diverged(f"pretraining loss became non-finite at step {bad} of epoch {self.epoch + 1}; "
-                           f"lower pretrain.lr (now {self.p.lr:g})")
+    def _check(self) -> bool:
+        """Read the non-finite flag (one host sync); on the first that is set, mark the trainer diverged."""
+        if self.diverged is None and (bad := self.watch.read()) is not None:
+            self.diverged = Divergence("pretrain", self.epoch + 1, bad, f"lower pretrain.lr (now {self.p.lr:g})")
+        return self.diverged is not None
 
     def train_epoch(self) -> dict[str, float]:
         p, env, data = self.p, self.env, self.train
@@ -105,14 +106,15 @@ class Pretrainer:
                 out = self.classifier(self.model(x)).float()
             loss = F.cross_entropy(out, y)
             self.watch.watch(loss, i + 1)
-            if self.watch.due(i + 1):
-                self._check()
+            if self.watch.due(i + 1) and self._check():
+                return {}
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
             loss_sum += loss.detach()
             correct += (out.argmax(1) == y).sum()
-        self._check()
+        if self._check():
+            return {}
         self.sched.step()
         loss_mean = loss_sum.item() / steps
         if not self._warned:
@@ -131,10 +133,16 @@ class Pretrainer:
                         steps=p.probe_steps, lr=p.probe_lr, batch_episodes=self.eval_batch)
 
     def run_epoch(self) -> dict[str, Any]:
-        """Train one epoch, validate when due, keep the best backbone; returns the epoch's metrics."""
+        """Train one epoch, validate when due, keep the best backbone; returns the epoch's metrics. An
+        epoch that diverges is not validated: its metrics are at their worst and marked ``diverged``,
+        and the trainer is done (nothing it holds is a result)."""
         with self.rng:
             metrics: dict[str, Any] = {"phase": "pretrain", **self.train_epoch()}
         self.epoch += 1
+        if self.diverged:
+            metrics.update(self.diverged.metrics())
+            self.history.append(metrics)
+            return metrics
         if self.epoch % self.p.val_every == 0 or self.done:
             v = self.validate()
             metrics.update(val_acc=v["acc"], val_ci95=v["ci95"])

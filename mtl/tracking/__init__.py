@@ -1,29 +1,7 @@
-"""Experiment tracking: MLflow parent/child runs of a sweep, and the sweep's summary figures.
+"""Experiment tracking: the MLflow record of a sweep (a parent run, a child run per trial).
 
-Attributes load on first use, so ``import mtl.tracking`` costs nothing and never imports
-mlflow (only the tracker's methods do), ray or matplotlib.
+:mod:`mtl.tracking.uri` resolves and checks a tracking URI before anything is written,
+:mod:`mtl.tracking.mlflow` keeps the runs, :mod:`mtl.tracking.runlog` writes into one run. The
+package consumes :mod:`mtl.results` types and plain values; it imports neither Ray nor the sweep
+driver, and mlflow only inside the functions that write.
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "resolve_tracking_uri": "mtl.tracking.uri",
-    "check_tracking_uri": "mtl.tracking.uri",
-    "SweepTracker": "mtl.tracking.mlflow",
-    "SweepCallback": "mtl.tracking.callback",
-    "plot_validation_curves": "mtl.tracking.plots",
-    "plot_param_importance": "mtl.tracking.plots",
-    "plot_parallel_coordinates": "mtl.tracking.plots",
-    "plot_paired_differences": "mtl.tracking.plots",
-}
-
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'mtl.tracking' has no attribute {name!r}")

@@ -1,17 +1,18 @@
-"""MLflow record of a sweep: one parent run per sweep, one nested child run per Ray Tune trial.
+"""MLflow record of a sweep: one parent run per sweep, one nested child run per trial.
 
-Every MLflow write happens in the Ray Tune driver: :class:`~mtl.tracking.callback.SweepCallback`
-receives each trial result there. Trials never open the store, so concurrent trials cannot race
-on a fresh SQLite database (its schema migration is not safe under concurrency, ecosystem.md
-§3.3) and a crashed trial process cannot leave a run RUNNING. Runs are addressed by id through
-``MlflowClient``, never through the fluent active-run stack.
+Every MLflow write happens in the sweep's driver: the Ray callback of :mod:`mtl.tune.callbacks`
+turns Ray Tune's trials into plain values (:class:`~mtl.results.TrialInfo`, result dicts, outcomes)
+and calls this tracker, which knows nothing of Ray. Trials never open the store, so concurrent
+trials cannot race on a fresh SQLite database (its schema migration is not safe under
+concurrency, ecosystem.md §3.3) and a crashed trial process cannot leave a run RUNNING. Runs are
+addressed by id through ``MlflowClient``, never through the fluent active-run stack.
 
 MLflow is the only record of which runs belong to a sweep. The parent run carries the tags
 ``sweep`` (the sweep's name) and ``mtl.role = sweep``; a child carries ``mlflow.parentRunId``
 and ``trial_id``. A resumed sweep (a new driver), a restored Tuner (which unpickles the callback
 from tuner.pkl) and a retried trial find their runs by these tags with ``search_runs``; run ids
-are cached in memory only, so no copy of them on disk can go stale. What the runs hold, and the
-experiment tags for MLflow's UI, are :mod:`mtl.tracking.runlog`'s.
+are cached in memory only, so no copy of them on disk can go stale. The experiment carries the
+tags MLflow's UI needs and a saved view of the sweep's runs (:mod:`mtl.compat`).
 
 mlflow is imported inside functions only: machines that run trials may not have it.
 """
@@ -24,67 +25,59 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+from mtl.compat import VIEW_TAG_PREFIX, experiment_ui_tags, saved_view
 from mtl.errors import ConfigError
+from mtl.results import Outcome, TrialInfo
 from mtl.tracking.runlog import (
     NOTE_TAG,
-    VIEW_TAG_PREFIX,
     description_markdown,
-    experiment_ui_tags,
     flatten_params,
     log_artifact,
     log_params_once,
     log_values,
     quoted,
     result_metrics,
-    saved_view,
-    searched_values,
     slug,
     split_result,
     trial_run_name,
+    view_columns,
 )
-from mtl.tracking.uri import _sqlite_path, creation_lock
-from mtl.tune.outcome import sequence, trial_end_row
+from mtl.tracking.uri import creation_lock, sqlite_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mlflow import MlflowClient
     from mlflow.entities import Run
-    from ray.tune.experiment import Trial
-
-    from mtl.tracking.callback import SweepCallback
 
 logger = logging.getLogger(__name__)
 
 ROLE_TAG = "mtl.role"  # "sweep" on a sweep's parent run
 DEFAULT_UI = "http://127.0.0.1:5000"  # where ``mlflow ui`` listens
-_PICKLED = ("tracking_uri", "experiment", "sweep_name", "artifact_root", "planned_epochs", "step_key", "metric", "mode",
-            "baseline")
+_PICKLED = ("tracking_uri", "experiment", "sweep_name", "artifact_root", "metric", "mode", "baseline")
 
 
 class SweepTracker:
     """Parent run of one sweep plus the child runs of its trials, all written from the driver.
 
-    ``start`` opens (or, with ``reattach``, finds) the parent, ``callback()`` goes into
-    ``RunConfig(callbacks=[...])``, ``finish`` logs the study's outcome and closes the parent.
-    ``planned_epochs``: the meta-training epochs of a trial whose config does not search
-    ``meta.epochs`` (tells an ASHA-stopped trial from a completed one); ``step_key``: the result
-    key used as a metric's step; ``metric``/``mode``: what ranks the trials in the saved view;
-    ``baseline``: the sweep's first trial is its baseline (the base config), tagged ``baseline = true``.
-    Picklable (Ray stores callbacks in ``tuner.pkl``): an unpickled tracker holds no client and
-    no run ids and finds its runs in MLflow again.
+    ``start`` opens (or, with ``reattach``, finds) the parent, the ``trial_*`` methods keep each
+    trial's child run, ``finish`` logs the study's outcome and closes the parent. ``metric``/``mode``:
+    what ranks the trials in the saved view; ``baseline``: the sweep's first trial is its baseline
+    (the base config), tagged ``baseline = true``. Picklable (Ray stores callbacks in ``tuner.pkl``):
+    an unpickled tracker holds no client and no run ids and finds its runs in MLflow again.
     """
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, artifact_root: Path | None = None,
-                 *, planned_epochs: int | None = None, step_key: str = "epoch", metric: str = "val_acc",
-                 mode: str = "max", baseline: bool = False) -> None:
+                 *, metric: str = "val_acc", mode: str = "max", baseline: bool = False) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.sweep_name = sweep_name
         self.artifact_root = Path(artifact_root).absolute() if artifact_root else None
-        self.planned_epochs = planned_epochs
-        self.step_key = step_key
         self.metric, self.mode = metric, mode
         self.baseline = baseline
+        self._reset()
+
+    def _reset(self) -> None:
+        """The state a tracker builds while it runs (never pickled)."""
         self.parent_run_id: str | None = None
         self.experiment_id: str | None = None
         self.children: dict[str, str] = {}  # trial id -> child run id, a cache of what MLflow holds
@@ -96,7 +89,8 @@ class SweepTracker:
         return {k: v for k, v in self.__dict__.items() if k in _PICKLED}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**{k: v for k, v in state.items() if k in _PICKLED})  # a tuner.pkl of an older tracker too
+        self.__dict__.update(state)
+        self._reset()
 
     @property
     def client(self) -> MlflowClient:
@@ -150,7 +144,9 @@ class SweepTracker:
         return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs?{query}"
 
     def _save_view(self) -> None:
-        view = saved_view(f"sweep {self.sweep_name}", self._view_params, self.metric, self.mode)
+        columns = view_columns(self.metric)
+        view = saved_view(f"sweep {self.sweep_name}", self._view_params, self.metric, self.mode == "min", columns,
+                          [self.metric, "best_val_acc", "train_loss"])
         self.client.set_experiment_tag(self.experiment_id, VIEW_TAG_PREFIX + self.view_key, view)
 
     def _find_parent(self) -> Run | None:
@@ -190,49 +186,44 @@ class SweepTracker:
         store it gets an absolute artifact location; otherwise a run's artifacts land wherever the
         creating process happened to run."""
         with creation_lock(self.tracking_uri):
-            return self._get_or_create_experiment()
+            client = self.client
+            exp = client.get_experiment_by_name(self.experiment)
+            if exp is not None:
+                if exp.lifecycle_stage != "active":
+                    raise ConfigError(
+                        f"MLflow experiment {self.experiment!r} is deleted; restore it (mlflow "
+                        f"experiments restore --experiment-id {exp.experiment_id}) or pick another name")
+                for k, v in experiment_ui_tags(exp.tags, self.metric).items():
+                    client.set_experiment_tag(exp.experiment_id, k, v)
+                return exp.experiment_id, exp.tags
+            location = None
+            if self.tracking_uri.lower().startswith("sqlite:"):
+                root = self.artifact_root or sqlite_path(self.tracking_uri)[0].parent / "mlruns"
+                location = (root / slug(self.experiment)).as_uri()
+            tags = experiment_ui_tags({}, self.metric)
+            return client.create_experiment(self.experiment, artifact_location=location, tags=tags), tags
 
-    def _get_or_create_experiment(self) -> tuple[str, dict[str, str]]:
-        client = self.client
-        exp = client.get_experiment_by_name(self.experiment)
-        if exp is not None:
-            if exp.lifecycle_stage != "active":
-                raise ConfigError(
-                    f"MLflow experiment {self.experiment!r} is deleted; restore it (mlflow "
-                    f"experiments restore --experiment-id {exp.experiment_id}) or pick another name")
-            for k, v in experiment_ui_tags(exp.tags, self.metric).items():
-                client.set_experiment_tag(exp.experiment_id, k, v)
-            return exp.experiment_id, exp.tags
-        location = None
-        if self.tracking_uri.lower().startswith("sqlite:"):
-            root = self.artifact_root or _sqlite_path(self.tracking_uri)[0].parent / "mlruns"
-            location = (root / slug(self.experiment)).as_uri()
-        tags = experiment_ui_tags({}, self.metric)
-        return client.create_experiment(self.experiment, artifact_location=location, tags=tags), tags
-
-    def finish(self, summary: Mapping[str, Any], *, artifacts: Mapping[str, Path] = {},
-               figures: Mapping[str, Figure] = {}, status: str = "FINISHED", best_trial: str | None = None,
+    def finish(self, metrics: Mapping[str, float], *, artifacts: Mapping[str, Path] | None = None,
+               figures: Mapping[str, Figure] | None = None, status: str = "FINISHED", best_trial: str | None = None,
                description: str | None = None) -> None:
         """Log the study's outcome to the parent run and close it.
 
-        ``summary``: numbers become metrics, anything else a tag. ``artifacts``: destination
-        path inside the run -> local file or directory. ``figures``: name -> PNG artifact under
-        ``figures/``. ``best_trial``: the winner's trial id (the parent gets ``best_trial`` and
-        ``best_run_id``, the winner's run ``best = true``). ``description``: the summary table,
-        shown as the parent run's description. Children still RUNNING (an interrupted sweep)
-        are closed as KILLED.
+        ``metrics``: the sweep's numbers. ``artifacts``: destination path inside the run -> local
+        file or directory. ``figures``: name -> PNG artifact under ``figures/``. ``best_trial``: the
+        winner's trial id (the parent gets ``best_trial`` and ``best_run_id``, the winner's run
+        ``best = true``). ``description``: the summary table, shown as the parent run's description.
+        Children still RUNNING (an interrupted sweep) are closed as KILLED.
         """
         run_id = self._parent()
-        metrics = result_metrics(dict(summary))
-        tags = {f"summary.{k}": str(v) for k, v in summary.items() if k not in metrics}
+        tags: dict[str, str] = {}
         if description:
             tags[NOTE_TAG] = description_markdown(description)
         if best_trial is not None:
             tags.update(best_trial=best_trial, **self._mark_best(best_trial))
-        log_values(self.client, run_id, metrics=metrics, step=0, tags=tags)
-        for dest, local in artifacts.items():
+        log_values(self.client, run_id, metrics=result_metrics(metrics), step=0, tags=tags)
+        for dest, local in (artifacts or {}).items():
             log_artifact(self.client, run_id, dest, Path(local))
-        for name, fig in figures.items():
+        for name, fig in (figures or {}).items():
             self.client.log_figure(run_id, fig, f"figures/{name.removesuffix('.png')}.png")
         for child in list(self._children("attributes.status = 'RUNNING'")):  # all pages before any is changed
             self.client.set_tag(child.info.run_id, "outcome", "interrupted")
@@ -267,26 +258,19 @@ class SweepTracker:
             if not token:
                 return
 
-    def callback(self) -> SweepCallback:
-        """The Ray Tune callback that mirrors trials into child runs."""
-        from mtl.tracking.callback import SweepCallback
-
-        return SweepCallback(self)
-
-    def child_run(self, trial: Trial, create: bool = True) -> str | None:
+    def child_run(self, trial: TrialInfo, create: bool = True) -> str | None:
         """Run id of the trial's child run, found by its tags or created if unknown and
         ``create``, else None."""
-        trial_id = trial.trial_id
-        run_id = self._find_child(trial_id)
+        run_id = self._find_child(trial.trial_id)
         if run_id is None and create:
-            tags = {"mlflow.parentRunId": self._parent(), "sweep": self.sweep_name, "trial_id": trial_id,
-                    "trial_name": str(trial)}
-            if getattr(trial, "path", None):
-                tags["trial_path"] = str(trial.path)
-            if self.baseline and sequence(getattr(trial, "experiment_tag", "")) == 1:
+            tags = {"mlflow.parentRunId": self._parent(), "sweep": self.sweep_name, "trial_id": trial.trial_id,
+                    "trial_name": trial.name}
+            if trial.path:
+                tags["trial_path"] = trial.path
+            if self.baseline and trial.seq == 1:
                 tags["baseline"] = "true"  # the searcher's first proposal: the enqueued base config
             run = self.client.create_run(self.experiment_id, run_name=trial_run_name(trial), tags=tags)
-            run_id = self.children[trial_id] = run.info.run_id
+            run_id = self.children[trial.trial_id] = run.info.run_id
         return run_id
 
     def _find_child(self, trial_id: str) -> str | None:
@@ -300,38 +284,40 @@ class SweepTracker:
                 self.children[trial_id] = found[0].info.run_id
         return self.children.get(trial_id)
 
-    def trial_started(self, trial: Trial) -> None:
+    def trial_started(self, trial: TrialInfo) -> None:
         """New trial: new child run. Restored or retried trial: its old run, RUNNING again."""
         run_id = self.child_run(trial)
         if self.client.get_run(run_id).info.status != "RUNNING":
             self.client.update_run(run_id, status="RUNNING")
-        log_params_once(self.client, run_id, flatten_params(trial.config or {}))
-        searched = [k for k in searched_values(trial) if k not in self._view_params]
+        log_params_once(self.client, run_id, flatten_params(trial.config))
+        searched = [k for k in trial.searched if k not in self._view_params]
         if searched:  # the first trial tells which params the sweep searches
             self._view_params += searched
             self._save_view()
 
-    def trial_result(self, trial: Trial, result: Mapping[str, Any]) -> None:
+    def trial_result(self, trial: TrialInfo, result: Mapping[str, Any]) -> None:
         """The result's series as metrics at the epoch; its constants and totals as tags."""
         run_id = self.child_run(trial)
-        step = result.get(self.step_key, result.get("training_iteration", 0))
-        metrics, once, latest = split_result(result, self.step_key)
+        step, metrics, once, latest = split_result(result)
         tags = latest if run_id in self._tagged else {**once, **latest}
-        log_values(self.client, run_id, metrics=metrics, step=int(step or 0), tags=tags)
+        log_values(self.client, run_id, metrics=metrics, step=step, tags=tags)
         self._tagged.add(run_id)
 
-    def trial_recovering(self, trial: Trial) -> None:
-        run_id = self.child_run(trial)
-        retries = int(getattr(trial, "num_failures", 0)) or 1
-        log_values(self.client, run_id, tags={"retries": str(retries)})
+    def trial_recovering(self, trial: TrialInfo) -> None:
+        log_values(self.client, self.child_run(trial), tags={"retries": str(trial.retries or 1)})
 
-    def trial_ended(self, trial: Trial, errored: bool) -> None:
-        """Tag the child run with the trial's outcome (:mod:`mtl.tune.outcome`) and close it: FAILED
-        when it errored or diverged."""
-        run_id = self.child_run(trial, create=errored)
+    def trial_ended(self, trial: TrialInfo, outcome: Outcome, error: str | None) -> None:
+        """Tag the child run with the trial's outcome (decided by :mod:`mtl.tune.outcome`) and close
+        it: FAILED when it errored or diverged."""
+        run_id = self.child_run(trial, create=outcome == "errored")
         if run_id is None:  # finished without ever starting (e.g. removed while pending)
             return
-        row = trial_end_row(trial, self.planned_epochs, errored)
-        tags = {"outcome": row["outcome"], **({"error": row["error"]} if row["error"] else {})}
-        log_values(self.client, run_id, tags=tags)
-        self.client.set_terminated(run_id, "FAILED" if row["outcome"] in ("errored", "diverged") else "FINISHED")
+        log_values(self.client, run_id, tags={"outcome": outcome, **({"error": error} if error else {})})
+        self.client.set_terminated(run_id, "FAILED" if outcome in ("errored", "diverged") else "FINISHED")
+
+
+def attach(tracking_uri: str, run_id: str, dest: str, path: Path) -> None:
+    """Log a file (a rewritten report.html) to a run that has ended."""
+    from mlflow import MlflowClient
+
+    log_artifact(MlflowClient(tracking_uri), run_id, dest, path)

@@ -34,12 +34,12 @@ def resolve_tracking_uri(uri: str | None) -> str:
             f"accepts (maintenance mode); use sqlite:///<absolute path>/mlflow.db or an "
             f"http(s):// tracking server")
     if scheme == "sqlite":
-        path, query = _sqlite_path(uri)
+        path, query = sqlite_path(uri)
         return f"sqlite:///{path}{query}"
     return uri
 
 
-def _sqlite_path(uri: str) -> tuple[Path, str]:
+def sqlite_path(uri: str) -> tuple[Path, str]:
     """(absolute database path, '?query' or '') of a ``sqlite:///`` URI."""
     if not uri.lower().startswith("sqlite:///"):
         raise ConfigError(f"MLflow tracking URI {uri!r}: a SQLite URI must look like sqlite:///<path>")
@@ -59,7 +59,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     """
     scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
     if scheme == "sqlite":
-        path, _ = _sqlite_path(uri)
+        path, _ = sqlite_path(uri)
         parent = path.parent
         if not parent.is_dir():
             raise ConfigError(f"MLflow tracking URI {uri}: directory {parent} does not exist; "
@@ -144,6 +144,6 @@ def creation_lock(uri: str) -> Iterator[None]:
         return
     from filelock import FileLock
 
-    db = _sqlite_path(uri)[0]
+    db = sqlite_path(uri)[0]
     with FileLock(db.with_name(f".{db.name}.lock"), timeout=300):
         yield

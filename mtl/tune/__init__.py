@@ -1,8 +1,12 @@
 """Ray Tune sweeps of MTL configs.
 
-spec (the YAML), preflight (checks before Ray, the dry-run text), cluster (Ray, resources,
-signals), sweep (the driver: Tuner, winner's test, summary), outcome (how each trial ended),
-summary (rows to table, JSON and MLflow extras), trainable (the adapter to mtl.trial).
+spec (the YAML) and space (its distributions), preflight (checks before Ray, the dry-run text),
+claim (one driver per name), cluster (Ray, resources, signals), sweep (the driver: Tuner, the
+summary), trainable (the adapter to mtl.trial), outcome (how each trial ended), finals (the
+comparisons after the search), summary (the verdict and the printed table), progress and
+callbacks (what the terminal and MLflow get while trials run). The driver produces
+:mod:`mtl.results`; :mod:`mtl.tracking` and :mod:`mtl.report` consume them and never import this
+package.
 """
 
 

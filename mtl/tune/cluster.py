@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any
 
+from mtl.compat import QUIET_TUNE_ENV, checked
 from mtl.errors import ConfigError
 from mtl.tune.spec import SweepSpec
 
@@ -30,8 +31,9 @@ _QUIET_RAY_ENV = {
 }
 # Read by Ray Tune when a sweep starts (tune_verbosity).
 _QUIET_TUNE_ENV = {
-    "RAY_AIR_NEW_OUTPUT": "0",  # the legacy output engine prints nothing at verbose=0 (the new one still prints
-    # its header: searcher, scheduler, results folder, TensorBoard hint); mtl.tune.progress prints instead
+    # the legacy output engine prints nothing at verbose=0 (the new one still prints its header: searcher,
+    # scheduler, results folder, TensorBoard hint); mtl.tune.callbacks prints instead
+    **QUIET_TUNE_ENV,
     "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",  # no traceback per failed trial: our line names its error and trace file
     # "Experiment state snapshotting has been triggered multiple times ...": short trials checkpointing every
     # epoch with num_to_keep set do that by design (ecosystem.md 1.3); the slow-snapshot warning stays
@@ -64,6 +66,7 @@ def tune_verbosity() -> int:
     output engine that keeps it silent, our :mod:`mtl.tune.progress` lines in its place."""
     if verbose():
         return 1
+    checked("ray", "RAY_AIR_NEW_OUTPUT")
     for key, value in _QUIET_TUNE_ENV.items():
         os.environ.setdefault(key, value)
     return 0

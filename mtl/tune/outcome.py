@@ -1,47 +1,43 @@
 """How a trial ended, decided once, from what Ray Tune hands the driver.
 
 :func:`trial_row` is the one place that turns a trial's last result, its error and the number
-of meta-training epochs it was planned to run into its final row and outcome:
+of meta-training epochs it was planned to run into its :class:`~mtl.results.TrialRow`:
 
 * ``completed``: ran all its planned epochs;
 * ``stopped_early``: ended without error before its planned epochs (ASHA stopped it);
 * ``diverged``: its last result is marked ``diverged`` (a loss became non-finite: the sampled
-  learning rates were too high; mtl/phases/divergence.py), whether it ended there or was stopped
-  after; also a trial that raised the non-finite-loss error of earlier versions ("... loss became
-  nan in epoch 3; lower ...");
-* ``errored``: raised anything else.
+  learning rates were too high; :mod:`mtl.phases.divergence`), whether it ended there or was
+  stopped after;
+* ``errored``: raised an error.
 
-A diverged trial's row holds no checkpoint: the weights after a non-finite update are no
-model, so it is never a winner nor compared.
-
-The summary (summary.json and the printed table), the MLflow child run's ``outcome`` tag and
-the validation-curve figure all read these rows. The planned length comes from the sweep, not
-from the reports: the trial's ``meta.epochs`` if the space searches it, else the base config's.
-:func:`result_row` and :func:`trial_end_row` adapt a ``ray.tune.Result`` (after ``fit``) and a
-``Trial`` (in a driver callback); neither imports Ray.
+The summary (summary.json and the printed table), the MLflow child run's ``outcome`` tag and the
+trial-end line all read these rows. The planned length comes from the sweep, not from the reports:
+the trial's ``meta.epochs`` if the space searches it, else the base config's. :func:`result_row`
+and :func:`trial_end_row` adapt a ``ray.tune.Result`` (after ``fit``) and a ``Trial`` (in a driver
+callback); neither imports Ray.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-OUTCOMES = ("completed", "stopped_early", "diverged", "errored")
+from mtl.metrics import is_number
+from mtl.results import Outcome, TrialRow
+
 EPOCHS_KEY = "meta.epochs"  # a searched epoch count is a dotted key of the trial's config
 STEP_KEY = "epoch"  # the reported meta-training epoch (1-based)
 MAX_ERROR_CHARS = 1000
-_NON_FINITE = re.compile(r"\bloss became ([+-]?(nan|inf)|non-finite)\b.*\blower\b", re.IGNORECASE)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def planned_epochs(config: Mapping[str, Any] | None, default: int | None) -> int | None:
     """Meta-training epochs the trial was to run: its searched ``meta.epochs``, else ``default``."""
     value = (config or {}).get(EPOCHS_KEY, default)
-    return int(value) if _number(value) else default
+    return int(value) if is_number(value) else default
 
 
 def error_message(error: BaseException | str | None) -> str | None:
@@ -56,16 +52,15 @@ def error_message(error: BaseException | str | None) -> str | None:
     return text[:MAX_ERROR_CHARS]
 
 
-def outcome(last: Mapping[str, Any], error: BaseException | str | None, planned: int | None) -> str:
-    """One of :data:`OUTCOMES` (see the module docstring)."""
+def outcome(last: Mapping[str, Any], error: BaseException | str | None, planned: int | None) -> Outcome:
+    """How the trial ended (see the module docstring)."""
     if last.get("diverged"):
         return "diverged"
-    message = error_message(error)
-    if message is not None:
-        return "diverged" if _NON_FINITE.search(message) else "errored"
+    if error is not None:
+        return "errored"
     reached = last.get(STEP_KEY)
-    reached = reached if _number(reached) else 0
-    return "stopped_early" if _number(planned) and reached < planned else "completed"
+    reached = reached if is_number(reached) else 0
+    return "stopped_early" if is_number(planned) and reached < planned else "completed"
 
 
 def sequence(experiment_tag: Any) -> int | None:
@@ -77,42 +72,43 @@ def sequence(experiment_tag: Any) -> int | None:
 
 def trial_row(trial_id: str, config: Mapping[str, Any] | None, last: Mapping[str, Any] | None,
               error: BaseException | str | None, planned: int | None, *, checkpoint: str | None = None,
-              history: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+              history: Iterable[Mapping[str, Any]] = ()) -> TrialRow:
     """A trial's final row: searched params, final metrics, outcome, error line, checkpoint, curve.
 
     ``last``: the trial's last reported result ({} if it reported nothing); ``error``: the
     exception or its trace, None if it did not fail; ``history``: its (epoch, val_acc) points."""
     last = last or {}
     result = outcome(last, error, planned)
-    return {
-        "trial_id": trial_id, "seq": sequence(last.get("experiment_tag")),
-        "config": dict(config or {}),
-        "val_acc": last.get("val_acc"), "best_val_acc": last.get("best_val_acc"), "val_ci95": last.get("val_ci95"),
-        "best_val_ci95": last.get("best_val_ci95"),
-        "train_loss": last.get("train_loss"),
-        "epoch": last.get(STEP_KEY, 0), "planned_epochs": planned,
-        "outcome": result, "stopped_early": result == "stopped_early",
-        "diverged_update": last.get("diverged_update"),
-        "error": error_message(error),
-        "checkpoint": None if result == "diverged" else checkpoint,
-        "history": [{STEP_KEY: int(h[STEP_KEY]), "val_acc": float(h["val_acc"])} for h in history],
-    }
+
+    def number(key: str) -> float | None:
+        v = last.get(key)
+        return float(v) if is_number(v) else None
+
+    update = last.get("diverged_update")
+    return TrialRow(
+        trial_id=trial_id, seq=sequence(last.get("experiment_tag")), config=dict(config or {}),
+        val_acc=number("val_acc"), best_val_acc=number("best_val_acc"), val_ci95=number("val_ci95"),
+        best_val_ci95=number("best_val_ci95"), train_loss=number("train_loss"), epoch=int(last.get(STEP_KEY) or 0),
+        planned_epochs=planned, outcome=result, diverged_update=int(update) if is_number(update) else None,
+        error=error_message(error), checkpoint=None if result == "diverged" else checkpoint,
+        history=[{STEP_KEY: int(h[STEP_KEY]), "val_acc": float(h["val_acc"])} for h in history])
 
 
-def result_row(result: Any, default_epochs: int | None) -> dict[str, Any]:
+def result_row(result: Any, default_epochs: int | None) -> TrialRow:
     """The row of a ``ray.tune.Result`` (an entry of the ResultGrid ``fit`` returns)."""
     m = result.metrics or {}
     history = []
     df = result.metrics_dataframe
     if df is not None and STEP_KEY in df and "val_acc" in df:
-        history = [{STEP_KEY: e, "val_acc": v} for e, v in zip(df[STEP_KEY], df["val_acc"])
-                   if _number(v) and not math.isnan(v) and e >= 1]  # epoch 0: diverged in pretraining
+        phases = df["phase"] if "phase" in df else ["meta"] * len(df)
+        history = [{STEP_KEY: e, "val_acc": v} for e, v, p in zip(df[STEP_KEY], df["val_acc"], phases)
+                   if is_number(v) and not math.isnan(v) and p == "meta"]
     return trial_row(m.get("trial_id") or Path(result.path).name, result.config, m,
                      result.error, planned_epochs(result.config, default_epochs),
                      checkpoint=result.checkpoint.path if result.checkpoint else None, history=history)
 
 
-def trial_end_row(trial: Any, default_epochs: int | None, errored: bool) -> dict[str, Any]:
+def trial_end_row(trial: Any, default_epochs: int | None, errored: bool) -> TrialRow:
     """The row of a ``ray.tune.experiment.Trial`` as a driver callback sees it when it ends."""
     error = trial_error(trial) if errored else None
     if errored and not error:
@@ -130,7 +126,3 @@ def trial_error(trial: Any) -> str | None:
     except OSError:  # the trace is a convenience; its absence is not worth failing over
         return None
     return str(text) if text else None
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)  # numpy scalars too

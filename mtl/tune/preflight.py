@@ -16,8 +16,9 @@ from mtl.data import split_stats
 from mtl.data.evalset import check_eval_shapes, index_eval
 from mtl.errors import ConfigError
 from mtl.files import check_writable_dir
-from mtl.schema import dotted
-from mtl.tune.spec import SweepSpec
+from mtl.results import SweepSummary
+from mtl.schema import changed, dotted
+from mtl.tune.spec import SweepSpec, local_cpu_problem
 
 SPEC_FILE = "sweep.json"  # what the first launch resolved; a resume must match it
 _TRACKING, _EXPERIMENT = "mlflow.tracking_uri", "mlflow.experiment"  # where its runs are (sweep.json)
@@ -37,7 +38,7 @@ class Launch:
     experiment: str
     resume: bool
     reattach: bool = False
-    finished: dict[str, Any] | None = None  # the summary of a sweep that had already finished
+    finished: SweepSummary | None = None  # the summary of a sweep that had already finished
 
 
 def check_data(spec: SweepSpec) -> None:
@@ -56,12 +57,13 @@ def check_data(spec: SweepSpec) -> None:
                 raise ConfigError(f"space {key}: value {v!r} does not fit the data ({e})") from None
 
 
-def finished_summary(spec: SweepSpec) -> dict[str, Any] | None:
-    """The summary of the sweep of this name if it ran to its end (summary.json is written last)."""
+def finished_summary(spec: SweepSpec) -> SweepSummary | None:
+    """The summary of the sweep of this name if it ran to its end (summary.json is written last;
+    one that does not read as a summary was cut short: the sweep resumes and writes it again)."""
     path = spec.experiment_dir / "summary.json"
     try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except ValueError:
+        return SweepSummary.load(path) if path.is_file() else None
+    except ConfigError:
         return None
 
 
@@ -113,7 +115,7 @@ def identity(spec: SweepSpec, uri: str | None = None) -> dict[str, Any]:
     """What a resumed sweep must share with its first launch (Ray Tune restores the searcher,
     scheduler and trials from its own state; trials get the base config from this launch), and
     where its MLflow runs are (a resume elsewhere would start a second set of runs)."""
-    d = spec.describe()
+    d = spec.as_dict()
     return {**dotted({"base": d["base_config"], "space": d["space"], "tune": d["settings"]["tune"]}),
             _TRACKING: uri, _EXPERIMENT: spec.settings.mlflow.experiment or spec.name if uri else None}
 
@@ -130,11 +132,9 @@ def _check_same_sweep(spec: SweepSpec, uri: str | None, path: Path, resume: bool
         raise ConfigError(f"{path} is damaged ({str(first)[:100]}); it records the sweep's first launch: restore "
                           f"it, or --set name=<new name> to start another sweep")
     now = json.loads(json.dumps(identity(spec, uri)))
-    keys = first.keys() | now.keys()
+    diff = changed(first, now)
     if not resume:  # a finished sweep is only read again: where its runs are does not matter
-        keys -= {_TRACKING, _EXPERIMENT}
-    keys -= {k for k in (_TRACKING, _EXPERIMENT) if k not in first}  # recorded since the tracking URI check
-    diff = sorted(k for k in keys if first.get(k) != now.get(k))
+        diff = [k for k in diff if k not in (_TRACKING, _EXPERIMENT)]
     if resume and _TRACKING in diff and first[_TRACKING] and now[_TRACKING]:
         raise ConfigError(f"--resume of sweep {spec.name!r} with MLflow tracking URI {now[_TRACKING]} but its first "
                           f"launch logged to {first[_TRACKING]}; resume from the first launch's folder or set "
@@ -151,20 +151,7 @@ def _check_same_sweep(spec: SweepSpec, uri: str | None, path: Path, resume: bool
 def dry_run(spec: SweepSpec) -> str:
     """What ``--dry-run`` prints, after the checks of the data that the run would make first."""
     check_data(spec)
-    return describe(spec)
-
-
-def machine_warnings(spec: SweepSpec) -> list[str]:
-    """Per-trial resources that this machine can never give (a local Ray would leave every trial pending)."""
-    import os
-
-    cpus = os.cpu_count() or 1
-    r = spec.resources
-    out = []
-    if r.cpu > cpus:
-        out.append(f"warning: resources.cpu = {r.cpu:g} is more than this machine's {cpus} CPUs: a local Ray can "
-                   "start no trial; lower it, or run on a cluster with such nodes (--address)")
-    return out
+    return dry_run_text(spec)
 
 
 def after_search(spec: SweepSpec) -> list[str]:
@@ -187,7 +174,7 @@ def after_search(spec: SweepSpec) -> list[str]:
     ]
 
 
-def describe(spec: SweepSpec) -> str:
+def dry_run_text(spec: SweepSpec) -> str:
     """The dry-run text: resolved base config (the sections that apply), search space, resources,
     search settings."""
     import yaml
@@ -218,6 +205,6 @@ def describe(spec: SweepSpec) -> str:
         f"storage: {spec.experiment_dir}",
         f"mlflow: {'on' if spec.settings.mlflow.enabled else 'off'}"
         + (f" ({spec.settings.mlflow.tracking_uri or 'default store'})" if spec.settings.mlflow.enabled else ""),
-        *machine_warnings(spec),
+        *([f"warning: {p}"] if (p := local_cpu_problem(spec)) else []),
     ]
     return "\n".join(lines)

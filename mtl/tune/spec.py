@@ -34,13 +34,14 @@ from pydantic import Field, model_validator
 from mtl.config import Config
 from mtl.configs import find_config, load_config
 from mtl.errors import ConfigError
+from mtl.metrics import optimisable
 from mtl.schema import Float, Int, Section, as_mapping, at_least, fail, in_range, load, positive, satisfies
 from mtl.tune.space import Dist, parse_space
 from mtl.yamlio import read_yaml
 
 
 class TuneSettings(Section):
-    metric: Literal["val_acc", "best_val_acc", "train_loss", "train_acc"] = "val_acc"  # reported every meta epoch
+    metric: Literal[tuple(optimisable())] = "val_acc"  # a metric every meta epoch reports (mtl.metrics)
     mode: Literal["max", "min"] = "max"
     num_samples: at_least(1, " (the number of trials)") = 16
     max_concurrent: at_least(1) | None = None  # None: as many as the cluster's resources allow at launch
@@ -60,7 +61,7 @@ class TuneSettings(Section):
 
     @model_validator(mode="after")
     def _mode_fits_metric(self) -> "TuneSettings":
-        want = "min" if self.metric == "train_loss" else "max"
+        want = optimisable()[self.metric]
         if self.mode != want:
             raise fail(f"tune.mode = {self.mode!r} does not fit tune.metric = {self.metric!r}; use mode {want}")
         return self
@@ -139,7 +140,7 @@ class SweepSpec:
     def param_space(self) -> dict[str, Any]:
         return {k: d.to_ray() for k, d in self.space.items()}
 
-    def describe(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "base_config": self.base.to_dict(),
                 "space": {k: {d.kind: list(d.args)} for k, d in self.space.items()},
                 "settings": self.settings.to_dict(), "storage": str(self.storage)}
@@ -225,12 +226,18 @@ def _load_base(path: Path, base: str | None, inline: Any, cfg_over: dict[str, An
     return cfg.with_overrides(paths) if paths else cfg
 
 
-def check_local_resources(spec: SweepSpec, cpus: int | None = None) -> None:
-    """Per-trial resources a local Ray on this machine (``cpus`` cores, default all of them) can
-    never give: every trial would stay pending forever. Only for a sweep that starts its own Ray
-    (no ``--address``, no ``RAY_ADDRESS``); a cluster may have larger nodes."""
+def local_cpu_problem(spec: SweepSpec, cpus: int | None = None) -> str | None:
+    """Per-trial CPUs a local Ray on this machine (``cpus`` cores, default all of them) can never
+    give, so that every trial would stay pending forever, in words; None if they fit."""
     cpus = cpus or os.cpu_count() or 1
-    if spec.resources.cpu > cpus:
-        raise ConfigError(f"resources.cpu = {spec.resources.cpu:g} is more than this machine's {cpus} CPUs, so a "
-                          f"local Ray could start no trial; set resources.cpu to at most {cpus}, or join a cluster "
-                          "with such nodes (--address)")
+    if spec.resources.cpu <= cpus:
+        return None
+    return (f"resources.cpu = {spec.resources.cpu:g} is more than this machine's {cpus} CPUs, so a local Ray could "
+            f"start no trial; set resources.cpu to at most {cpus}, or join a cluster with such nodes (--address)")
+
+
+def check_local_resources(spec: SweepSpec, cpus: int | None = None) -> None:
+    """:func:`local_cpu_problem` as an error, for a sweep that starts its own Ray (no ``--address``,
+    no ``RAY_ADDRESS``); a cluster may have larger nodes."""
+    if problem := local_cpu_problem(spec, cpus):
+        raise ConfigError(problem)

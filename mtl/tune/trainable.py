@@ -2,12 +2,10 @@
 
 ``train_mtl(params)`` builds the trial's config (base config + the sampled dotted keys), resumes
 from Ray's checkpoint when the trial is retried or the sweep resumed, and turns each meta epoch's
-report into ``tune.report`` with a checkpoint. A trial that diverges (in meta-training, or in its
-own pretraining when the sweep searches pretraining fields) reports one last result marked
-``diverged`` with every metric at its worst and no checkpoint, and ends without an error: the
-scheduler and the searcher learn from it, and Ray Tune does not retry it. The driver-side
-helpers below complete a trial's checkpoint with its backbone from the pretraining store (the
-tests after the search, :mod:`mtl.tune.finals`, start from it).
+report into ``tune.report`` with a checkpoint: every numeric metric the trainers emit (declared in
+:mod:`mtl.metrics`) plus the pretraining entry's constants. A trial that diverges reports one last
+result marked ``diverged`` with every metric at its worst and no checkpoint, and ends without an
+error: the scheduler and the searcher learn from it, and Ray Tune does not retry it.
 """
 
 from __future__ import annotations
@@ -20,18 +18,23 @@ from typing import Any
 
 from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.config import config_from_dict
-from mtl.errors import CheckpointError, Diverged
-from mtl.phases.divergence import worst_metrics
-from mtl.pretraining import PretrainCache
+from mtl.metrics import numeric
 from mtl.runtime import make_env
-from mtl.trial import load_backbone, run_trial
+from mtl.trial import run_trial
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "meta_state.pt"
-# metrics forwarded to Ray from each epoch's metrics (all numeric)
-REPORTED = ("epoch", "val_acc", "val_ci95", "best_val_acc", "best_val_ci95", "train_loss", "train_acc", "hard_share",
-            "hard_share_total", "episodes_per_s", "updates", "lr_ss", "lr_head", "diverged", "diverged_update")
+
+
+def reported(metrics: dict[str, Any], state: dict[str, Any] | None) -> dict[str, Any]:
+    """What a trainer's epoch becomes in Ray: its phase and every number, and with a checkpoint the
+    constants of the backbone it names (``pretrain_val_acc``, ``pretrain_built``)."""
+    out = {"phase": metrics["phase"], **numeric(metrics)}
+    if state is not None:
+        ref = state["backbone_ref"]
+        out.update(pretrain_val_acc=ref["val_acc"] or 0.0, pretrain_built=int(ref["status"] == "built"))
+    return out
 
 
 def train_mtl(params: dict[str, Any], *, base: dict[str, Any], cache_root: str) -> None:
@@ -48,37 +51,14 @@ def train_mtl(params: dict[str, Any], *, base: dict[str, Any], cache_root: str) 
             resume = load_checkpoint(Path(d) / CHECKPOINT_FILE, "meta")
 
     def report(m: dict[str, Any], state: dict[str, Any] | None) -> None:
-        if m["phase"] != "meta":  # a pretraining epoch: Ray schedules on meta epochs only
+        if m["phase"] != "meta" and not m.get("diverged"):  # a pretraining epoch: Ray schedules on meta epochs
             return
         if state is None:  # diverged: the last report, without a checkpoint
-            tune.report({k: m[k] for k in REPORTED if k in m})
+            tune.report(reported(m, None))
             return
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(Path(d) / CHECKPOINT_FILE, state)
-            ref = state["backbone_ref"]
-            tune.report({**{k: m[k] for k in REPORTED if k in m}, "pretrain_val_acc": ref["val_acc"] or 0.0,
-                         "pretrain_built": int(ref["status"] == "built")},
-                        checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(reported(m, state), checkpoint=tune.Checkpoint.from_directory(d))
 
-    try:
-        run_trial(cfg, store=cache_root, report=report, resume=resume, who=tune.get_context().get_trial_id() or "",
-                  env=replace(make_env(cfg.runtime), progress=False))
-    except Diverged as e:  # its pretraining: nothing was published, the trial ends as a result
-        log.warning("%s; the trial stops with every metric at its worst", e)
-        tune.report({**worst_metrics(), "epoch": 0, "updates": 0, "diverged": 1})
-
-
-def complete_checkpoint(checkpoint_dir: str | Path, cache_root: str | Path) -> dict[str, Any]:
-    """A trial checkpoint with its pre-trained backbone put back from the store (or the given
-    ``pretrain.checkpoint``): a full ``meta`` checkpoint that ``python -m mtl evaluate`` accepts."""
-    ck = load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, "meta")
-    ref = ck["backbone_ref"]
-    if not ref["key"]:
-        cfg = config_from_dict(ck["config"])
-        ck["backbone"] = load_backbone(cfg.pretrain.checkpoint, cfg.model.backbone)
-        return ck
-    entry = PretrainCache(cache_root).lookup(ref["key"])
-    if entry is None:
-        raise CheckpointError(f"pretraining entry {ref['key']} is missing from {cache_root}")
-    ck["backbone"] = entry.state
-    return ck
+    run_trial(cfg, store=cache_root, report=report, resume=resume, who=tune.get_context().get_trial_id() or "",
+              env=replace(make_env(cfg.runtime), progress=False))

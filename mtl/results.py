@@ -1,0 +1,264 @@
+"""What a sweep produces, as types: a trial's row, the comparisons after the search, the summary.
+
+The driver (:mod:`mtl.tune`) builds these; the printed table, ``report.html`` (:mod:`mtl.report`),
+MLflow (:mod:`mtl.tracking`) and a resumed driver read them. ``summary.json`` is the serialisation of
+:class:`SweepSummary` (:meth:`SweepSummary.save`, :meth:`SweepSummary.load`); nothing reads it as a
+dict. Every model is frozen: a changed row is a new row (``model_copy(update=...)``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, model_validator
+
+from mtl.errors import ConfigError
+from mtl.files import write_text_atomic
+from mtl.metrics import is_number
+from mtl.stats import Paired, Spread
+
+Outcome = Literal["completed", "stopped_early", "diverged", "errored"]
+OUTCOMES: tuple[Outcome, ...] = ("completed", "stopped_early", "diverged", "errored")
+Role = Literal["winner", "runner_up", "baseline"]
+
+
+class Result(BaseModel):
+    # non-finite numbers (a diverged trial's training loss) are written as null: summary.json stays JSON
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="null")
+
+
+class TrialInfo(Result):
+    """A trial as the driver knows it while the sweep runs: what MLflow's child run is named and
+    holds (the Ray callback of :mod:`mtl.tune.callbacks` makes it from Ray Tune's ``Trial``)."""
+
+    trial_id: str
+    name: str  # Ray Tune's name of the trial
+    seq: int | None = None  # the searcher's sequence number (1: the first it proposed)
+    config: dict[str, Any] = Field(default_factory=dict)  # the trial's whole config, as the trainable gets it
+    searched: dict[str, Any] = Field(default_factory=dict)  # the values the searcher chose, dotted keys
+    path: str | None = None  # its folder in the sweep's storage
+    retries: int = 0
+
+
+class Point(Result):
+    epoch: int
+    val_acc: float
+
+
+class TrialRow(Result):
+    """How one trial ended: its searched values, last metrics, outcome and validation curve.
+
+    ``outcome`` is decided once, by :func:`mtl.tune.outcome.trial_row`; a diverged trial holds no
+    checkpoint (the weights after a non-finite update are no model), so it is never a winner."""
+
+    trial_id: str
+    seq: int | None = None  # the searcher's sequence number (1: the first it proposed)
+    config: dict[str, Any] = Field(default_factory=dict)  # the searched values, dotted keys
+    val_acc: float | None = None
+    best_val_acc: float | None = None
+    val_ci95: float | None = None
+    best_val_ci95: float | None = None
+    train_loss: float | None = None
+    epoch: int = 0  # the last meta-training epoch it reported
+    planned_epochs: int | None = None
+    outcome: Outcome
+    diverged_update: int | None = None
+    error: str | None = None
+    checkpoint: str | None = None
+    history: list[Point] = Field(default_factory=list)
+    baseline: bool = False  # the base config, proposed first
+
+    @computed_field
+    @property
+    def stopped_early(self) -> bool:
+        return self.outcome == "stopped_early"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived(cls, data: Any) -> Any:
+        """summary.json holds ``stopped_early`` for its readers; it is derived, not read back."""
+        return {k: v for k, v in data.items() if k != "stopped_early"} if isinstance(data, dict) else data
+
+    @property
+    def ranked(self) -> bool:
+        """Whether it can win: it left a checkpoint and a validation accuracy."""
+        return self.checkpoint is not None and self.best_val_acc is not None
+
+    @property
+    def order(self) -> tuple[float, float, str]:
+        """The sort key of "best first": the highest best validation accuracy, ties to the trial the
+        searcher proposed first (then its id), so the order never depends on how the rows came."""
+        acc = -self.best_val_acc if self.best_val_acc is not None else math.inf
+        return acc, self.seq if self.seq is not None else math.inf, self.trial_id
+
+
+class EpochPaired(Paired):
+    epoch: int
+
+
+class ComparedTrial(Result):
+    """One trial of the paired comparison on the test episodes."""
+
+    trial_id: str
+    roles: list[Role]
+    config: dict[str, Any]
+    val_acc: float | None
+    test_acc: float
+    test_ci95: float
+    episodes: int
+    shared_features: bool = False
+    stopped_early: bool = False
+    epoch: int = 0
+    planned_epochs: int | None = None
+    vs_winner: Paired | None = None  # None for the winner, and for a trial tested on other episodes
+    val_vs_winner: list[EpochPaired] = Field(default_factory=list)  # the same pairs on the validation bank
+
+    @property
+    def is_winner(self) -> bool:
+        return "winner" in self.roles
+
+
+class Comparison(Result):
+    episodes: int
+    trials: list[ComparedTrial]
+
+    def entry(self, role: Role) -> ComparedTrial | None:
+        return next((t for t in self.trials if role in t.roles), None)
+
+
+class SeedRun(Result):
+    seed: int
+    val_acc: float | None
+    test_acc: float
+    test_ci95: float
+    epochs: int
+
+
+class SeedRuns(Result):
+    """One config over its seeds: the search's own run first, then the re-runs."""
+
+    trial_id: str
+    roles: list[Role]
+    runs: list[SeedRun]
+    val: Spread
+    test: Spread
+    reseed_vs_search: Paired | None  # same config, another seed, same episodes: the noise floor of one run
+    backbones: list[str]
+
+
+class FinalSeeds(Result):
+    n: int
+    trials: list[SeedRuns]
+
+
+class Best(Result):
+    """The winner: its searched values, validation and test accuracy, and where its files are."""
+
+    trial_id: str
+    config: dict[str, Any]
+    val_acc: float
+    val_ci95: float | None
+    ties: list[str]  # trials whose validation interval overlaps the winner's
+    baseline: bool
+    test_acc: float
+    test_ci95: float
+    test_episodes: int
+    train_data: str
+    test_data: str
+    checkpoint: str
+    config_file: str
+    resolved_config: dict[str, Any]
+
+    @property
+    def folder(self) -> Path:
+        """The sweep's folder (``best/`` lies in it)."""
+        return Path(self.checkpoint).parents[1]
+
+
+class Baseline(Result):
+    trial_id: str | None  # None: the baseline trial is not among the trials
+    config: dict[str, Any]
+
+
+class MlflowLink(Result):
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str | None
+    ui_url: str | None = None
+
+
+class SweepSummary(Result):
+    """A finished sweep: ``summary.json``."""
+
+    name: str
+    spec: str
+    metric: str
+    space: dict[str, dict[str, list[Any]]]  # key -> {distribution kind: its arguments}, as the spec wrote it
+    distributions: dict[str, str]  # key -> the Optuna distribution the searcher drew it from, as Optuna's JSON
+    resources: dict[str, float]
+    baseline: Baseline | None
+    best: Best | None
+    comparison: Comparison | None = None
+    final_seeds: FinalSeeds | None = None
+    trials: list[TrialRow]
+    wall_s: float
+    verdict: str = ""
+    mlflow: MlflowLink | None = None
+    reused: bool = Field(False, exclude=True)  # this launch found it finished and ran nothing
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(t.outcome == outcome for t in self.trials)
+
+    def ranked(self) -> list[TrialRow]:
+        """Every trial, best first (:attr:`TrialRow.order`), those without a validation accuracy last."""
+        return sorted(self.trials, key=lambda t: t.order)
+
+    def metrics(self) -> dict[str, float]:
+        """The numbers MLflow's parent run holds."""
+        b = self.best
+        out: dict[str, float] = {"trials": len(self.trials), "stopped_early": self.count("stopped_early"),
+                                 "diverged": self.count("diverged"), "errored": self.count("errored"),
+                                 "wall_s": self.wall_s}
+        if b is not None:
+            out.update(best_val_acc=b.val_acc, best_test_acc=b.test_acc, best_test_ci95=b.test_ci95)
+        base = self.comparison.entry("baseline") if self.comparison else None
+        if base is not None:
+            out.update(baseline_test_acc=base.test_acc)
+            if base.val_acc is not None:
+                out.update(baseline_val_acc=base.val_acc)
+            if base.vs_winner is not None:
+                d = base.vs_winner
+                out.update(winner_vs_baseline_diff=d.diff, winner_vs_baseline_ci_low=d.ci_low,
+                           winner_vs_baseline_ci_high=d.ci_high, winner_vs_baseline_p=d.p)
+        for s in self.final_seeds.trials if self.final_seeds else []:
+            role = "winner" if "winner" in s.roles else "baseline"
+            out.update({f"{role}_seeds_test_mean": s.test.mean, f"{role}_seeds_test_sd": s.test.sd})
+        return {k: float(v) for k, v in out.items()}
+
+    def save(self, path: str | Path) -> None:
+        write_text_atomic(path, self.model_dump_json(indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> SweepSummary:
+        """summary.json; a ConfigError naming the fix when it is not one."""
+        path = Path(path)
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except (OSError, ValidationError, ValueError) as e:
+            first = str(e).splitlines()[0][:200]
+            raise ConfigError(f"{path} is not the summary of a finished sweep ({first}); run the sweep again with "
+                              "--resume to write it anew") from None
+
+
+def pct(acc: Any, ci: Any = None, digits: int = 2) -> str:
+    """``80.00%`` or ``80.00% ± 1.00`` (points); ``-`` when there is no finite accuracy."""
+    if not (is_number(acc) and math.isfinite(acc)):
+        return "-"
+    return f"{100 * acc:.{digits}f}%" + (f" ± {100 * ci:.{digits}f}" if is_number(ci) else "")
+
+
+def fmt(v: Any) -> str:
+    """A searched value as a table shows it: floats to 4 significant digits."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
