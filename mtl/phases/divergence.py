@@ -65,11 +65,29 @@ class Divergence:
 
 
 class NonFiniteWatch:
-    """The first update (1-based, counted by the trainer) whose loss was not finite, 0 while none was."""
+    """A trainer's watch over its loss: the first update (1-based, counted by the trainer) whose loss
+    was not finite, marked on the device (0 while none was); once read, where it diverged
+    (:attr:`diverged`); and one warning for a loss that explodes without becoming non-finite.
+    ``fix``: what to lower, as the messages say it."""
 
-    def __init__(self, device: torch.device, every: int | None = None) -> None:
+    def __init__(self, device: torch.device, phase: Literal["pretrain", "meta"] = "meta", fix: str = "",
+                 every: int | None = None) -> None:
         self.first = torch.zeros((), dtype=torch.long, device=device)
         self.every = every if every is not None else (1 if device.type == "cpu" else CHECK_EVERY)
+        self.phase, self.fix = phase, fix
+        self.diverged: Divergence | None = None
+        self.warned = False  # of an exploding loss, once
+
+    def check(self, epoch: int) -> bool:
+        """Read the flag (one host sync); on the first that is set, :attr:`diverged` says where."""
+        if self.diverged is None and (update := self.read()) is not None:
+            self.diverged = Divergence(self.phase, epoch, update, self.fix)
+        return self.diverged is not None
+
+    def exploding(self, loss: float, classes: int, epoch: int) -> None:
+        """:func:`warn_if_exploding`, once per trainer."""
+        what = "pretraining" if self.phase == "pretrain" else "meta-training"
+        self.warned = self.warned or warn_if_exploding(loss, classes, what, epoch, self.fix)
 
     def watch(self, loss: torch.Tensor, update: int) -> None:
         """Mark ``update`` if ``loss`` is not finite and no earlier update was marked (on the device)."""
@@ -81,6 +99,30 @@ class NonFiniteWatch:
     def read(self) -> int | None:
         """The marked update, or None: one host sync."""
         return int(self.first.item()) or None
+
+
+class Watched:
+    """What a trainer with a :class:`NonFiniteWatch` (``self.watch``) and an epoch count gets from it."""
+
+    watch: NonFiniteWatch
+    epoch: int
+    history: list[dict[str, Any]]
+
+    @property
+    def diverged(self) -> Divergence | None:
+        """Where the loss first became non-finite (None: it did not)."""
+        return self.watch.diverged
+
+    def _check(self) -> bool:
+        """Read the non-finite flag (one host sync): True once the trainer has diverged."""
+        return self.watch.check(self.epoch + 1)
+
+    def _ended_diverged(self, metrics: dict[str, Any]) -> bool:
+        """Whether the epoch of ``metrics`` diverged; then they become its worst, marked, in the history."""
+        if self.diverged:
+            metrics.update(self.diverged.metrics())
+            self.history.append(metrics)
+        return self.diverged is not None
 
 
 def warn_if_exploding(loss: float, classes: int, what: str, epoch: int, fix: str) -> bool:

@@ -35,14 +35,14 @@ from mtl.models.scale_shift import (
     set_bn_mode,
     ss_parameters,
 )
-from mtl.phases.divergence import Divergence, NonFiniteWatch, warn_if_exploding
+from mtl.phases.divergence import NonFiniteWatch, Watched
 from mtl.phases.evaluate import Embedder, evaluate
 from mtl.runtime import Env, RngStream, progress
 
 log = logging.getLogger(__name__)
 
 
-class MetaTrainer:
+class MetaTrainer(Watched):
     kind = "meta"
 
     def __init__(self, m: Meta, spec: Model, ht: HardTasks, ev: Eval, env: Env, train, val,
@@ -81,9 +81,8 @@ class MetaTrainer:
         # per-episode accuracies on the validation bank, each epoch it was evaluated: trials of a
         # sweep share the bank, so these pair them episode by episode (mtl.stats)
         self.val_accs: list[dict[str, Any]] = []
-        self.watch = NonFiniteWatch(env.device)
-        self.diverged: Divergence | None = None  # where the loss first became non-finite
-        self._warned = False  # of an exploding loss, once
+        self.watch = NonFiniteWatch(env.device, "meta", f"lower meta.inner_lr (now {m.inner_lr:g}) or the meta lrs "
+                                                        f"(lr_ss {m.lr_ss:g}, lr_head {m.lr_head:g})")
 
     @property
     def done(self) -> bool:
@@ -145,9 +144,7 @@ class MetaTrainer:
             self.hard_updates += hard
             return {"updates": self.step, **lrs}
         loss = torch.stack(losses).mean().item()
-        if not self._warned:
-            self._warned = warn_if_exploding(loss, m.way, "meta-training", self.epoch + 1,
-                                             f"lower meta.inner_lr (now {m.inner_lr:g}) or the meta lrs")
+        self.watch.exploding(loss, m.way, self.epoch + 1)
         updates = m.batches_per_epoch + hard
         secs = time.perf_counter() - start
         self.hard_updates += hard
@@ -155,14 +152,6 @@ class MetaTrainer:
                 "hard_share": hard / updates, "hard_share_total": self.hard_updates / self.step,
                 "episodes_per_s": updates * m.meta_batch / secs, "updates": self.step, **lrs}
 
-    def _check(self) -> bool:
-        """Read the non-finite flag (one host sync); on the first that is set, mark the trainer diverged."""
-        if self.diverged is None and (update := self.watch.read()) is not None:
-            m = self.m
-            self.diverged = Divergence("meta", self.epoch + 1, update,
-                                       f"lower meta.inner_lr (now {m.inner_lr:g}) or the meta lrs (lr_ss {m.lr_ss:g}, "
-                                       f"lr_head {m.lr_head:g})")
-        return self.diverged is not None
 
     def evaluate(self, source, episodes: Episodes) -> dict[str, Any]:
         """Few-shot accuracy of the current model and head init on fixed episodes."""
@@ -178,9 +167,7 @@ class MetaTrainer:
         the ``diverged_update``, and the trainer is done."""
         metrics: dict[str, Any] = {"phase": "meta", **self.train_epoch()}
         self.epoch += 1
-        if self.diverged:
-            metrics.update(self.diverged.metrics())
-            self.history.append(metrics)
+        if self._ended_diverged(metrics):
             return metrics
         if self.epoch % self.ev.val_every == 0 or self.done:
             v = self.evaluate(self.val, self.val_bank)

@@ -24,7 +24,7 @@ from mtl.data.transforms import Normalize, random_resized_crop_flip
 from mtl.episodes import episode_bank
 from mtl.errors import MTLError
 from mtl.models.backbones import create_backbone
-from mtl.phases.divergence import Divergence, NonFiniteWatch, warn_if_exploding
+from mtl.phases.divergence import NonFiniteWatch, Watched
 from mtl.phases.evaluate import Embedder, evaluate
 from mtl.runtime import Env, RngStream, progress
 
@@ -38,7 +38,7 @@ def pretraining_head(kind: str, dim: int, classes: int) -> nn.Module:
     return nn.Linear(dim, classes)
 
 
-class Pretrainer:
+class Pretrainer(Watched):
     kind = "pretrain"
 
     def __init__(self, p: Pretrain, env: Env, train, val, *, backbone: str, normalization: str,
@@ -70,19 +70,12 @@ class Pretrainer:
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
-        self.watch = NonFiniteWatch(env.device)
-        self.diverged: Divergence | None = None  # where the loss first became non-finite
-        self._warned = False  # of an exploding loss, once
+        self.watch = NonFiniteWatch(env.device, "pretrain", f"lower pretrain.lr (now {p.lr:g})")
 
     @property
     def done(self) -> bool:
         return self.diverged is not None or self.epoch >= self.p.epochs
 
-    def _check(self) -> bool:
-        """Read the non-finite flag (one host sync); on the first that is set, mark the trainer diverged."""
-        if self.diverged is None and (bad := self.watch.read()) is not None:
-            self.diverged = Divergence("pretrain", self.epoch + 1, bad, f"lower pretrain.lr (now {self.p.lr:g})")
-        return self.diverged is not None
 
     def train_epoch(self) -> dict[str, float]:
         p, env, data = self.p, self.env, self.train
@@ -117,9 +110,7 @@ class Pretrainer:
             return {}
         self.sched.step()
         loss_mean = loss_sum.item() / steps
-        if not self._warned:
-            self._warned = warn_if_exploding(loss_mean, data.num_classes, "pretraining", self.epoch + 1,
-                                             f"lower pretrain.lr (now {p.lr:g})")
+        self.watch.exploding(loss_mean, data.num_classes, self.epoch + 1)
         secs = time.perf_counter() - start
         return {"train_loss": loss_mean, "train_acc": correct.item() / (steps * bs),
                 "images_per_s": steps * bs / secs, "lr": self.opt.param_groups[0]["lr"]}
@@ -139,9 +130,7 @@ class Pretrainer:
         with self.rng:
             metrics: dict[str, Any] = {"phase": "pretrain", **self.train_epoch()}
         self.epoch += 1
-        if self.diverged:
-            metrics.update(self.diverged.metrics())
-            self.history.append(metrics)
+        if self._ended_diverged(metrics):
             return metrics
         if self.epoch % self.p.val_every == 0 or self.done:
             v = self.validate()
