@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from mtl.checkpoint import load_checkpoint, save_checkpoint
+from mtl.claim import RunClaim
 from mtl.config import Config, config_from_dict, eval_query
 from mtl.configs import save_config
 from mtl.data import index_splits
 from mtl.data.evalset import decode_splits, describe, eval_data, index_eval, is_cross_domain
 from mtl.errors import ConfigError, MTLError
-from mtl.files import check_writable_dir, write_json_atomic
+from mtl.files import append_text, check_writable_dir, on_disk_full, write_json_atomic
 from mtl.runtime import make_env
 from mtl.schema import dotted
 from mtl.trial import load_data, load_test, pretrain_store, run_trial, test_checkpoint
@@ -80,8 +81,7 @@ class RunDir:
             save_config(cfg, self.config)
 
     def append_metrics(self, metrics: dict[str, Any]) -> None:
-        with self.metrics.open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        append_text(self.metrics, json.dumps(metrics) + "\n")
 
 
 def _line(m: dict[str, Any], total: int, started: float) -> str:
@@ -98,9 +98,14 @@ def _dur(s: float) -> str:
 
 def run_experiment(cfg: Config, out: str | Path, *, resume: bool = False,
                    report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """pretrain -> meta-transfer -> test in ``out``; returns (and writes) the result."""
-    run = RunDir(out)
-    check_writable_dir(run.root, "--out", "choose another --out folder")
+    """pretrain -> meta-transfer -> test in ``out``; returns (and writes) the result. The run holds
+    ``out``'s claim (:class:`mtl.claim.RunClaim`: one writer per folder) from its checks to its end."""
+    check_writable_dir(out, "--out", "choose another --out folder")
+    with RunClaim(out), on_disk_full(out):
+        return _experiment(cfg, RunDir(out), resume, report)
+
+
+def _experiment(cfg: Config, run: RunDir, resume: bool, report: Callable[[dict[str, Any]], None] | None) -> dict:
     run.check(cfg, resume)
     env = make_env(cfg.runtime)
     if is_cross_domain(cfg):  # another test set (eval.data): its layout and shapes before hours of training
