@@ -34,6 +34,7 @@ from mtl.data import index_splits
 from mtl.data.evalset import decode_splits, describe, eval_data, index_eval, is_cross_domain
 from mtl.errors import ConfigError, MTLError
 from mtl.files import append_text, check_writable_dir, on_disk_full, write_json_atomic
+from mtl.pretraining import RUN_FIX, PretrainCache
 from mtl.runtime import make_env
 from mtl.schema import dotted
 from mtl.trial import load_data, load_test, pretrain_store, run_trial, test_checkpoint
@@ -134,8 +135,8 @@ def _experiment(cfg: Config, run: RunDir, resume: bool, report: Callable[[dict[s
         if report:
             report(m)
 
-    meta = run_trial(cfg, store=pretrain_store(cfg), report=on_epoch, resume=state, env=env, data=data,
-                     embed_backbone=True)
+    meta = run_trial(cfg, store=PretrainCache(pretrain_store(cfg), RUN_FIX), report=on_epoch, resume=state, env=env,
+                     data=data, embed_backbone=True)
     del data
     if meta.diverged:
         result = {"diverged": meta.diverged, "test_acc": None, "test_ci95": None, "val_acc": None,

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
 
 from mtl.checkpoint import load_checkpoint, save_checkpoint
+from mtl.claim import Lock
 from mtl.config import Config, pretraining_keys
 from mtl.data import dataset_fingerprint
 from mtl.files import write_json_atomic, write_text_atomic
@@ -59,10 +59,14 @@ class Entry:
     status: str  # "built" (by this process) or "hit"
 
 
+SWEEP_FIX = "give the sweep a writable storage path"  # what to do about an unwritable cache, per caller
+RUN_FIX = "set data.cache_dir (or $MTL_CACHE_DIR) to a writable folder"
+
+
 class PretrainCache:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, fix: str = SWEEP_FIX) -> None:
         self.root = Path(root)
-        self.store = Store(self.root, "pretraining cache", "give the sweep a writable storage path",
+        self.store = Store(self.root, "pretraining cache", fix,
                            complete=lambda entry: (entry / "backbone.pt").is_file())
 
     def entry_dir(self, key: str) -> Path:
@@ -107,7 +111,7 @@ class PretrainCache:
         """Append ``line`` to ``builds.log``: rewritten whole by the atomic writer, under a lock
         (builders of different keys run at the same time)."""
         log_file = self.root / "builds.log"
-        with FileLock(str(self.root / "builds.log.lock")):
+        with Lock(self.root / "builds.log.lock"):
             old = log_file.read_text() if log_file.is_file() else ""
             write_text_atomic(log_file, old + json.dumps(line) + "\n")
 

@@ -119,8 +119,8 @@ def pretrain_store(cfg: Config) -> Path:
     return cache_dir(cfg.data) / "pretrain"
 
 
-def pretrained_backbone(cfg: Config, env: Env, data: dict[str, Any], store: str | Path, *, who: str = "",
-                        report: Report | None = None) -> Backbone:
+def pretrained_backbone(cfg: Config, env: Env, data: dict[str, Any], store: str | Path | PretrainCache, *,
+                        who: str = "", report: Report | None = None) -> Backbone:
     """``pretrain.checkpoint`` when given, else the store's entry for this pretraining setup
     (built here, resumably, if no one built it yet; ``report`` sees its epochs)."""
     if cfg.pretrain.checkpoint:
@@ -140,7 +140,8 @@ def pretrained_backbone(cfg: Config, env: Env, data: dict[str, Any], store: str 
             report(metrics, None) if report else _log_pretrain(metrics, cfg.pretrain.epochs)
         return {**trainer.backbone_payload(), "config": cfg.to_dict()}
 
-    entry = PretrainCache(store).get_or_build(cfg, build, who=who, dataset_fp=data.get("dataset_fingerprint"))
+    cache = store if isinstance(store, PretrainCache) else PretrainCache(store)
+    entry = cache.get_or_build(cfg, build, who=who, dataset_fp=data.get("dataset_fingerprint"))
     return Backbone(entry.state, {"sha256": content_hash(entry.state), "key": entry.key, "source": str(entry.path),
                                   "val_acc": entry.val_acc, "status": entry.status})
 
@@ -149,7 +150,7 @@ def _log_pretrain(m: dict[str, Any], epochs: int) -> None:
     log.info("pretrain epoch %d/%d: val_acc=%.4f", m["epoch"], epochs, m.get("val_acc", float("nan")))
 
 
-def run_trial(cfg: Config, *, store: str | Path, report: Report, resume: dict[str, Any] | None = None,
+def run_trial(cfg: Config, *, store: str | Path | PretrainCache, report: Report, resume: dict[str, Any] | None = None,
               who: str = "", env: Env | None = None, data: dict[str, Any] | None = None,
               embed_backbone: bool = False) -> MetaTrainer:
     """Pretrain (through ``store``) and meta-train ``cfg`` to its last epoch, or continue from ``resume``

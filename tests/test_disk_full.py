@@ -1,23 +1,39 @@
-"""A full disk (ENOSPC, EDQUOT) where we write is one line naming the path and the space
-(:class:`mtl.errors.DiskFull`), with nothing left that looks complete: the error is injected into
-the one writer (:func:`mtl.files.atomic_path`) and the one appender, and the errors of libraries we
-do not own that mean a full disk are recognised."""
+"""A full disk (ENOSPC, EDQUOT) wherever we write is one line naming the path and the space, exit 2,
+with nothing left that looks complete (no temporary, no ``.partial`` work folder, no lock file), and
+the next run after freeing space succeeds.
+
+In-process tests inject the error into the one writer (:func:`mtl.files.atomic_path`), the one
+appender and the store's build; the end-to-end tests run ``python -m mtl train`` with ``--out`` or
+``data.cache_dir`` on a tmpfs too small for it (root only: they mount one, and skip where that is
+refused), then again on a larger one."""
 
 from __future__ import annotations
 
 import errno
 import os
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from tiny_settings import TINY
 
 import mtl.files
 from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.errors import DiskFull
 from mtl.files import append_text, atomic_path, disk_full_of, write_text_atomic
+from mtl.store import Store
 
+REPO = Path(__file__).resolve().parents[1]
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _leftovers(root: Path) -> list[str]:
+    """Temporaries, work folders and lock files under ``root``: what a failed write must not leave."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if ".tmp-" in p.name or p.name.endswith((".partial", ".lock", ".claim", ".owner.json")))
 
 
 def _little_room(monkeypatch, free: int) -> None:
@@ -73,6 +89,62 @@ def test_a_failed_append_is_cut_off(tmp_path, monkeypatch):
     assert path.read_text().splitlines() == ['{"epoch": 1}', '{"epoch": 2}']
 
 
+# ----------------------------------------------------------------------------- the store
+
+
+def _store(root: Path) -> Store:
+    return Store(root, "test store", "point the test at a writable folder", space_fix="free some space, then retry")
+
+
+@pytest.mark.parametrize("how", ["oserror", "checked-writer"])
+def test_full_disk_in_a_build_removes_the_entry_its_work_folder_and_its_lock(tmp_path, monkeypatch, how):
+    store, root = _store(tmp_path / "store"), tmp_path / "store"
+
+    def build(tmp: Path, work: Path) -> None:
+        work.mkdir()
+        (work / "state").write_text("epoch 3")
+        (tmp / "half").write_text("half of the entry")
+        assert (root / "k.lock").exists()  # held while building
+        if how == "oserror":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp / "data.npy"))
+        _little_room(monkeypatch, 10)
+        mtl.files.write_bytes_atomic(tmp / "data.npy", b"x" * 1000)
+
+    with pytest.raises(DiskFull) as got:
+        store.get_or_build("k", build)
+    line = str(got.value)
+    assert line.startswith(f"no space left on {root / 'k' / 'data.npy'}"), line  # the entry's file, not the temporary's
+    assert line.endswith("; free some space, then retry") and ("it needs 1.0 kB" in line) == (how == "checked-writer")
+    monkeypatch.undo()
+    assert sorted(p.name for p in root.iterdir()) == []  # no entry, temporary, work folder or lock file
+    path, built = store.get_or_build("k", lambda tmp, work: (tmp / "data.npy").write_bytes(b"x"))
+    assert built and store.get("k") == path and sorted(p.name for p in root.iterdir()) == ["k"]
+
+
+def test_other_build_errors_keep_the_work_folder_but_not_the_lock(tmp_path):
+    store, root = _store(tmp_path), tmp_path
+
+    def crash(tmp: Path, work: Path) -> None:
+        work.mkdir()
+        raise RuntimeError("builder crashed")
+
+    with pytest.raises(RuntimeError, match="builder crashed"):
+        store.get_or_build("k", crash)
+    assert sorted(p.name for p in root.iterdir()) == ["k.partial"]  # resumable state stays; the lock file does not
+
+
+def test_image_cache_too_small_for_the_images_builds_nothing(tmp_path, monkeypatch):
+    from mtl.data.cache import _open_images
+
+    monkeypatch.setattr(mtl.files, "free_bytes", lambda path: 5000)
+    store = Store(tmp_path, "data cache", "fix", space_fix=mtl.files.AGAIN_FIX)
+    with pytest.raises(DiskFull, match=rf"^no space left on {tmp_path / 'e' / 'images.npy'}: it needs 12\.3 kB, the "
+                                       "filesystem has 5.0 kB free; free some space and run the same command again$"):
+        store.get_or_build("e", lambda tmp, work: store.writable(lambda: _open_images(tmp / "images.npy",
+                                                                                       (16, 3, 16, 16))))
+    assert list(tmp_path.iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- code we do not own
 
 
@@ -96,5 +168,113 @@ def test_errors_of_other_libraries_that_mean_a_full_disk(tmp_path, monkeypatch):
     assert str(inferred) == (f"no space left on {storage}: the filesystem has 4.1 kB free (EOFError: Ran out of "
                              "input); free some space and run again with --resume")
     assert disk_full_of(EOFError("Ran out of input"), storage) is None
+
+
+# ----------------------------------------------------------------------------- on a real, small filesystem
+
+
+class Tmpfs:
+    """Mounts tmpfs filesystems of a given size (root only); all unmounted by the fixture."""
+
+    def __init__(self) -> None:
+        self.mounted: list[Path] = []
+
+    def mount(self, path: Path, size: str) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0:
+            pytest.skip("mounting a small tmpfs needs root")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
+        self.mounted.append(path)
+        return path
+
+    def resize(self, path: Path, size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+
+@pytest.fixture
+def tmpfs():
+    t = Tmpfs()
+    try:
+        yield t
+    finally:
+        for path in reversed(t.mounted):
+            if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode != 0:
+                subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _train(out: Path, *sets: str, resume: bool = False) -> tuple[int, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    args = [sys.executable, "-m", "mtl", "train", "synthetic", "-q", "--out", str(out)]
+    args += [a for s in [*TINY, *sets] for a in ("--set", s)] + (["--resume"] if resume else [])
+    done = subprocess.run(args, env=env, capture_output=True, text=True, cwd=out.parent, check=False)
+    return done.returncode, done.stderr
+
+
+def _the_line(err: str) -> str:
+    """The one line a failed command printed; log lines (timestamped warnings) aside."""
+    lines = [line for line in err.splitlines() if line.strip() and not line[:8].replace(":", "").isdigit()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err[-3000:]
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_out_on_a_full_filesystem(tmp_path, tmpfs):
+    disk = tmpfs.mount(tmp_path / "disk", "1m")  # the config and metrics fit; the 1.3 MB checkpoint does not
+    out = disk / "run"
+    code, err = _train(out)  # pretraining goes to the session's cache, on another filesystem
+    line = _the_line(err)
+    assert code == 2 and line.startswith(f"error: no space left on {out / 'meta_state.pt'}: it needs 1."), line
+    assert line.endswith(" MB free; free some space and run again with --resume"), line
+    assert _leftovers(disk) == [] and not (out / "meta_state.pt").exists() and not (out / "result.json").exists()
+    tmpfs.resize(disk, "16m")
+    code, err = _train(out, resume=True)
+    assert code == 0, err[-3000:]
+    assert _leftovers(disk) == [] and (out / "result.json").is_file()
+    metas = [line for line in (out / "metrics.jsonl").read_text().splitlines() if '"meta"' in line]
+    assert len(metas) == 3  # meta epochs 1..3 once each
+
+
+@pytest.mark.slow
+def test_cache_on_a_full_filesystem(tmp_path, tmpfs):
+    cache = tmpfs.mount(tmp_path / "cache", "3m")  # one pretraining state fits, two (old and new) do not
+    out = tmp_path / "run"
+    code, err = _train(out, f"data.cache_dir={cache}")
+    line = _the_line(err)
+    assert code == 2 and line.startswith(f"error: no space left on {cache / 'pretrain'}/"), line
+    assert ".partial/pretrain_state.pt: it needs " in line and line.endswith(" run again with --resume"), line
+    assert _leftovers(cache) == [] and _leftovers(tmp_path) == []  # no .partial, lock, temporary or claim
+    assert [p.name for p in (cache / "pretrain").iterdir()] == []
+    tmpfs.resize(cache, "16m")
+    code, err = _train(out, f"data.cache_dir={cache}", resume=True)
+    assert code == 0, err[-3000:]
+    assert _leftovers(cache) == [] and (out / "result.json").is_file()
+    assert sorted(p.name for p in (cache / "pretrain").iterdir() if p.is_file()) == ["builds.log"]
+
+
+@pytest.mark.slow
+def test_image_cache_on_a_full_filesystem(tmp_path, tmpfs):
+    """A real image folder decoded into a cache with room for its listing but not its images."""
+    from PIL import Image
+
+    from mtl.config import Data
+    from mtl.data.cache import ensure_cached
+    from mtl.data.datasets import index_split
+
+    for c in range(3):
+        (tmp_path / "imgs" / "train" / f"c{c}").mkdir(parents=True)
+        for i in range(40):
+            Image.new("RGB", (16, 16), (60 * c, 5 * i, 90)).save(tmp_path / "imgs" / "train" / f"c{c}" / f"{i}.png")
+    cache = tmpfs.mount(tmp_path / "cache", "64k")  # 120 images of 3x32x32: 369 kB
+    index = index_split(Data(dataset="folder", root=str(tmp_path / "imgs"), image_size=32), "train")
+    with pytest.raises(DiskFull, match=r"^no space left on .*/images\.npy: it needs 368\.6 kB, the filesystem has "
+                                       r"6\d\.\d kB free; free some space and run the same command again$"):
+        ensure_cached(index, cache, progress=False)
+    assert list(cache.iterdir()) == []
+    tmpfs.resize(cache, "1m")
+    entry = ensure_cached(index, cache, progress=False)
+    assert (entry / "images.npy").stat().st_size > 368_000 and _leftovers(cache) == []
 
 

@@ -169,6 +169,38 @@ def test_single_run_out_that_cannot_hold_files(kind, tmp_path, capsys):
     assert (tmp_path / "f").read_text() == "x"
 
 
+@pytest.mark.parametrize("kind", ["file-in-the-way", "read-only"])
+def test_single_run_with_an_unwritable_pretraining_cache_names_its_own_fix(kind, tmp_path, capsys):
+    """The pretraining cache of `python -m mtl train` lies under data.cache_dir ($MTL_CACHE_DIR): its fix
+    says so, not the sweep's "give the sweep a writable storage path"."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if kind == "file-in-the-way":
+        (cache / "pretrain").write_text("not a folder")
+    else:
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(cache)],
+                                               capture_output=True, check=False).returncode != 0:
+            pytest.skip("a read-only mount needs root (as the CI runs) and a kernel that allows it here")
+    try:
+        sets = [a for s in [*TINY, f"data.cache_dir={cache}"] for a in ("--set", s)]
+        code = mtl_main(["train", "synthetic", *sets, "--out", str(tmp_path / "run")])
+    finally:
+        if kind == "read-only":
+            subprocess.run(["umount", str(cache)], check=True)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith(f"error: cannot write the pretraining cache at {cache / 'pretrain'} ("), err
+    assert err.endswith("; set data.cache_dir (or $MTL_CACHE_DIR) to a writable folder"), err
+    assert not (tmp_path / "run").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+    from mtl.config import Config
+    from mtl.errors import MTLError
+    from mtl.pretraining import PretrainCache
+
+    (tmp_path / "f").write_text("x")  # the sweep's own wording stays
+    with pytest.raises(MTLError, match=r"cannot write the pretraining cache at .*; give the sweep a writable storage"):
+        PretrainCache(tmp_path / "f" / "pc").get_or_build(Config(), lambda state: {}, dataset_fp="fp")
+
+
 def test_second_launch_of_a_running_sweep_is_refused_with_its_owner(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     import socket
