@@ -3,9 +3,9 @@ with nothing left that looks complete (no temporary, no ``.partial`` work folder
 the next run after freeing space succeeds.
 
 In-process tests inject the error into the one writer (:func:`mtl.files.atomic_path`), the one
-appender and the store's build; the end-to-end tests run ``python -m mtl train`` with ``--out`` or
-``data.cache_dir`` on a tmpfs too small for it (root only: they mount one, and skip where that is
-refused), then again on a larger one."""
+appender, the store's build, Ray's checkpoint upload and MLflow's SQLite store; the end-to-end tests
+run ``python -m mtl train`` with ``--out`` or ``data.cache_dir`` on a tmpfs too small for it (root
+only: they mount one, and skip where that is refused), then again on a larger one."""
 
 from __future__ import annotations
 
@@ -170,6 +170,56 @@ def test_errors_of_other_libraries_that_mean_a_full_disk(tmp_path, monkeypatch):
     assert disk_full_of(EOFError("Ran out of input"), storage) is None
 
 
+def test_a_new_mlflow_db_that_did_not_fit_is_removed(tmp_path):
+    from mtl.tracking.uri import creation_lock
+
+    db = tmp_path / "mlflow.db"
+    with pytest.raises(DiskFull, match=rf"^no space left on {db}: the filesystem has .*--resume$"), \
+            creation_lock(f"sqlite:///{db}"):
+        sqlite3.connect(db).execute("CREATE TABLE experiments (x)").connection.close()  # half of MLflow's tables
+        raise sqlite3.OperationalError("database or disk is full")
+    assert not db.exists()  # a half-made database would stop MLflow for good ("table ... already exists")
+    sqlite3.connect(db).execute("CREATE TABLE experiments (x)").connection.close()
+    with pytest.raises(DiskFull), creation_lock(f"sqlite:///{db}"):
+        raise sqlite3.OperationalError("database or disk is full")
+    assert db.exists()  # one that held data before is the user's
+
+
+class _Storage:
+    """What report_checkpoint reads of Ray's storage context: the checkpoint number and its folder."""
+
+    def __init__(self, trial: Path) -> None:
+        self.trial, self.current_checkpoint_index = trial, 0
+
+    @property
+    def checkpoint_fs_path(self) -> str:
+        return str(self.trial / f"checkpoint_{self.current_checkpoint_index:06d}")
+
+
+def test_checkpoint_upload_to_a_full_storage_fails_the_trial_in_one_line(tmp_path, monkeypatch):
+    from ray import tune
+    from ray.train._internal import session
+
+    from mtl.tune.trainable import report_checkpoint
+
+    storage = _Storage(tmp_path / "trial_1")
+    (tmp_path / "trial_1" / "checkpoint_000000").mkdir(parents=True)  # the last good checkpoint
+    monkeypatch.setattr(session, "get_session", lambda: type("S", (), {"storage": storage})())
+
+    def upload(metrics, checkpoint):  # what Ray does: number it, copy part of it, fail in pyarrow
+        storage.current_checkpoint_index += 1
+        Path(storage.checkpoint_fs_path).mkdir()
+        (Path(storage.checkpoint_fs_path) / "meta_state.pt").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+    monkeypatch.setattr(tune, "report", upload)
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "meta_state.pt").write_bytes(b"x" * 5000)
+    with pytest.raises(DiskFull, match=rf"^no space left on {tmp_path}/trial_1/checkpoint_000001: it needs 5\.0 kB"):
+        report_checkpoint({"epoch": 2}, str(tmp_path / "ck"))
+    assert sorted(p.name for p in (tmp_path / "trial_1").iterdir()) == ["checkpoint_000000"]
+
+
 # ----------------------------------------------------------------------------- on a real, small filesystem
 
 
@@ -278,3 +328,27 @@ def test_image_cache_on_a_full_filesystem(tmp_path, tmpfs):
     assert (entry / "images.npy").stat().st_size > 368_000 and _leftovers(cache) == []
 
 
+@pytest.mark.slow
+def test_sweep_whose_new_mlflow_db_does_not_fit(tmp_path, tmpfs, monkeypatch, capsys):
+    """The driver opens its MLflow runs on a filesystem too small for MLflow's tables: one line, the
+    half-made database removed, and MLflow works there once there is room."""
+    from tune_support import SMOKE, launch_main
+
+    import mtl.tune.sweep
+    from mtl.tracking.mlflow import SweepTracker
+
+    for k in [k for k in os.environ if k.startswith(("MLFLOW_", "RAY_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(mtl.tune.sweep, "connect", lambda *a, **k: None)  # the failure comes before any trial
+    monkeypatch.setattr(mtl.tune.sweep, "trial_resources", lambda spec: {"cpu": 1.0, "gpu": 0.0})
+    disk = tmpfs.mount(tmp_path / "ml", "300k")  # MLflow's new tables take about 1 MB
+    uri = f"sqlite:///{disk / 'mlflow.db'}"
+    code = launch_main()([str(SMOKE), "--storage", "results", "--set", f"mlflow.tracking_uri={uri}"])
+    line = _the_line(capsys.readouterr().err)
+    assert code == 2 and line.startswith(f"error: no space left on {disk / 'mlflow.db'}: the filesystem has "), line
+    assert line.endswith("free some space and run again with --resume"), line
+    assert sorted(p.name for p in disk.iterdir()) in ([], [".mlflow.db.lock"])  # no half-made database
+    assert _leftovers(tmp_path / "results") == []
+    tmpfs.resize(disk, "8m")
+    assert SweepTracker(uri, "smoke", "smoke").start({"x": 1})

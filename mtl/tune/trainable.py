@@ -13,6 +13,7 @@ tests after the search, :mod:`mtl.tune.finals`, start from it).
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.config import config_from_dict
 from mtl.errors import CheckpointError, Diverged
+from mtl.files import disk_full, disk_full_of
 from mtl.phases.divergence import worst_metrics
 from mtl.pretraining import PretrainCache
 from mtl.runtime import make_env
@@ -56,9 +58,8 @@ def train_mtl(params: dict[str, Any], *, base: dict[str, Any], cache_root: str) 
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(Path(d) / CHECKPOINT_FILE, state)
             ref = state["backbone_ref"]
-            tune.report({**{k: m[k] for k in REPORTED if k in m}, "pretrain_val_acc": ref["val_acc"] or 0.0,
-                         "pretrain_built": int(ref["status"] == "built")},
-                        checkpoint=tune.Checkpoint.from_directory(d))
+            report_checkpoint({**{k: m[k] for k in REPORTED if k in m}, "pretrain_val_acc": ref["val_acc"] or 0.0,
+                               "pretrain_built": int(ref["status"] == "built")}, d)
 
     try:
         run_trial(cfg, store=cache_root, report=report, resume=resume, who=tune.get_context().get_trial_id() or "",
@@ -66,6 +67,31 @@ def train_mtl(params: dict[str, Any], *, base: dict[str, Any], cache_root: str) 
     except Diverged as e:  # its pretraining: nothing was published, the trial ends as a result
         log.warning("%s; the trial stops with every metric at its worst", e)
         tune.report({**worst_metrics(), "epoch": 0, "updates": 0, "diverged": 1})
+
+
+def report_checkpoint(metrics: dict[str, Any], folder: str) -> None:
+    """``tune.report`` with the checkpoint in ``folder``. Ray uploads it to the sweep's storage; where that
+    is full, the trial fails with the one line of :class:`~mtl.errors.DiskFull` (not pyarrow's trace) and
+    the part of the upload that Ray could not finish (so never registered) is removed."""
+    from ray import tune
+
+    try:  # where Ray puts it: its internal storage context, which numbers the checkpoint before the upload
+        from ray.train._internal.session import get_session
+
+        storage = get_session().storage
+        numbered = storage.current_checkpoint_index
+    except Exception:  # noqa: BLE001 (then the message names the trial's folder, and nothing is removed)
+        storage = numbered = None
+    try:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    except Exception as e:
+        target = storage.checkpoint_fs_path if storage is not None else tune.get_context().get_trial_dir()
+        if disk_full_of(e, target) is None:
+            raise
+        need = sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+        if storage is not None and storage.current_checkpoint_index != numbered and Path(target).is_dir():
+            shutil.rmtree(target, ignore_errors=True)  # this report's own upload, not an earlier checkpoint
+        raise disk_full(target, need) from None
 
 
 def complete_checkpoint(checkpoint_dir: str | Path, cache_root: str | Path) -> dict[str, Any]:
