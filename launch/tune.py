@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from mtl.tune import SweepInterrupted
     from mtl.tune.spec import check_local_resources, load_spec
 
+    spec = None
     try:
         overrides = list(args.overrides) + ([f"storage={args.storage}"] if args.storage else [])
         spec = load_spec(args.spec, overrides)
@@ -59,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.address is None and not os.environ.get("RAY_ADDRESS"):  # ray.init would join RAY_ADDRESS
             check_local_resources(spec)
         summary = run_sweep(spec, address=args.address, resume=args.resume)
-    except MTLError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except MTLError as e:  # raised in a Ray task: Ray's RayTaskError subclasses it; its cause holds the line
+        print(f"error: {getattr(e, 'cause', None) or e}", file=sys.stderr)
         return 2
     except SweepInterrupted as e:
         again = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"]
@@ -71,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted; run the same command again, with --resume if the sweep folder exists",
               file=sys.stderr)
         return 130
+    except Exception as e:  # a full disk met by code that is not ours (Ray Tune's state, MLflow's SQLite store)
+        full = _disk_full(e, spec)
+        if full is None:
+            raise
+        print(f"error: {full}", file=sys.stderr)
+        return 2
     if summary.reused:
         print(f"sweep {spec.name} finished already; nothing was run (--set name=<new name> starts another). "
               "Its summary:")
@@ -79,6 +86,25 @@ def main(argv: list[str] | None = None) -> int:
     if summary.mlflow and summary.mlflow.ui_url:
         print(f"then open:          {summary.mlflow.ui_url}")
     return 0 if summary.best else 1
+
+
+def _disk_full(error: Exception, spec) -> Exception | None:
+    """``error`` as the one line of a full disk (:func:`mtl.files.disk_full_of`) where the sweep writes:
+    its storage, the data cache, a SQLite MLflow store; None if it is not about space."""
+    if spec is None:
+        return None
+    from mtl.data.cache import cache_dir
+    from mtl.files import disk_full_of
+    from mtl.tracking.uri import resolve_tracking_uri
+
+    where = [spec.storage, cache_dir(spec.base.data)]
+    try:
+        uri = resolve_tracking_uri(spec.settings.mlflow.tracking_uri) if spec.settings.mlflow.enabled else ""
+    except MTLError:
+        uri = ""
+    if uri.startswith("sqlite:///"):
+        where.append(Path(uri.removeprefix("sqlite:///").partition("?")[0]))
+    return disk_full_of(error, *where, infer=True)
 
 
 if __name__ == "__main__":

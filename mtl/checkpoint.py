@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
 import zipfile
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 
 from mtl.errors import CheckpointError
-from mtl.files import atomic_path
+from mtl.files import write_bytes_atomic
 
 FORMAT = 1
 # entries every checkpoint of a kind holds (what evaluate, predict and resume read)
@@ -20,10 +21,13 @@ REQUIRED = {"meta": ("config", "current", "best_state", "epoch")}
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (plus a format tag) to ``path`` atomically and durably (:func:`mtl.files.atomic_path`):
-    a crash or power loss leaves the old file intact."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **payload}, tmp)
+    """Write ``payload`` (plus a format tag) to ``path`` atomically and durably (:func:`mtl.files.write_bytes_atomic`):
+    a crash or power loss leaves the old file intact. It is serialised in memory first, so its size is
+    known before anything is written: a filesystem without room for it is one line (:class:`~mtl.errors.DiskFull`),
+    not torch's failed write."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buf)
+    write_bytes_atomic(path, buf.getbuffer())
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:

@@ -11,6 +11,8 @@ there instead of quietly here:
   record of which trials ended before an interrupted driver returned (:func:`trial_statuses`);
 * ``RAY_AIR_NEW_OUTPUT=0`` selects Ray Tune's legacy output engine, the one that is silent at
   ``verbose=0`` (:data:`QUIET_TUNE_ENV`);
+* a trial's storage context (``ray.train._internal.session``) says where its next checkpoint is
+  uploaded, so a full disk can name it and remove a half-made upload (:class:`CheckpointUpload`);
 * MLflow's limits on keys and values live in ``mlflow.utils.validation`` (:func:`mlflow_limits`);
 * MLflow's UI reads a saved view of the runs table from the experiment tag
   ``mlflow.sharedViewState.<key>`` (the format of its "Save view", opened by a link's
@@ -86,6 +88,29 @@ def trial_statuses(experiment_dir: Path) -> dict[str, str] | None:
     except (OSError, ValueError, KeyError, TypeError) as e:  # none yet, or Ray changed its format
         log.warning("cannot read Ray Tune's state in %s (%s)", experiment_dir, e)
         return None
+
+
+class CheckpointUpload:
+    """Where Ray Tune uploads the checkpoint a trial is about to report: read before ``tune.report``,
+    so that after a failed upload :meth:`started` says whether Ray had begun this one (numbered a
+    checkpoint folder of its own, which :attr:`path` then names)."""
+
+    def __init__(self) -> None:
+        checked("ray", "ray.train._internal.session")
+        try:
+            from ray.train._internal.session import get_session
+
+            self._storage = get_session().storage
+            self._index = self._storage.current_checkpoint_index
+        except Exception:  # noqa: BLE001 - outside a trial, or Ray moved it: nothing known
+            self._storage = self._index = None
+
+    @property
+    def path(self) -> str | None:
+        return self._storage.checkpoint_fs_path if self._storage is not None else None
+
+    def started(self) -> bool:
+        return self._storage is not None and self._storage.current_checkpoint_index != self._index
 
 
 # --- MLflow ---------------------------------------------------------------------------------------

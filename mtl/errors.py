@@ -22,3 +22,14 @@ class DataError(MTLError):
 class CheckpointError(MTLError):
     """A checkpoint is missing, corrupt or does not fit the model it is loaded into."""
 
+
+class DiskFull(MTLError):
+    """A filesystem we write to is full (ENOSPC) or over its quota (EDQUOT): the message names the
+    path, the space the write needed where known and the space left (:func:`mtl.files.disk_full`).
+    Whatever the write would have made is removed, so nothing that looks complete is left behind."""
+
+    # what the message says, for code that words it again (None: not known)
+    path = None  # the file or folder that found no room
+    need: int | None = None  # bytes the write needed
+    free: int | None = None  # bytes the filesystem had for it
+    quota = False  # EDQUOT: the user's quota, not the filesystem, is full

@@ -28,15 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from mtl.checkpoint import load_checkpoint, save_checkpoint
+from mtl.claim import RunClaim
 from mtl.config import Config, config_from_dict, eval_query
 from mtl.configs import save_config
 from mtl.data import index_splits
 from mtl.data.evalset import data_label, decode_splits, eval_data, index_eval, is_cross_domain
 from mtl.errors import ConfigError, MTLError
-from mtl.files import check_writable_dir, write_json_atomic
+from mtl.files import append_text, check_writable_dir, on_disk_full, write_json_atomic
 from mtl.metrics import epoch_line
 from mtl.phases.evaluate import evaluate_checkpoint
-from mtl.pretraining import Backbone, backbone_of, pretrain_store, standalone
+from mtl.pretraining import RUN_FIX, Backbone, backbone_of, pretrain_store, standalone
 from mtl.runtime import make_env
 from mtl.schema import changed
 from mtl.trial import load_data, load_test, run_trial
@@ -83,15 +84,19 @@ class RunDir:
             save_config(cfg, self.config)
 
     def append_metrics(self, metrics: dict[str, Any]) -> None:
-        with self.metrics.open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        append_text(self.metrics, json.dumps(metrics) + "\n")
 
 
 def run_experiment(cfg: Config, out: str | Path, *, resume: bool = False,
                    report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """pretrain -> meta-transfer -> test in ``out``; returns (and writes) the result."""
-    run = RunDir(out)
-    check_writable_dir(run.root, "--out", "choose another --out folder")
+    """pretrain -> meta-transfer -> test in ``out``; returns (and writes) the result. The run holds
+    ``out``'s claim (:class:`mtl.claim.RunClaim`: one writer per folder) from its checks to its end."""
+    check_writable_dir(out, "--out", "choose another --out folder")
+    with RunClaim(out), on_disk_full(out):
+        return _experiment(cfg, RunDir(out), resume, report)
+
+
+def _experiment(cfg: Config, run: RunDir, resume: bool, report: Callable[[dict[str, Any]], None] | None) -> dict:
     run.check(cfg, resume)
     env = make_env(cfg.runtime)
     if is_cross_domain(cfg):  # another test set (eval.data): its layout and shapes before hours of training
@@ -126,8 +131,7 @@ def run_experiment(cfg: Config, out: str | Path, *, resume: bool = False,
         if report:
             report(m)
 
-    end = run_trial(cfg, store=store, report=on_epoch, resume=state, env=env, data=data,
-                    store_fix="set data.cache_dir (or $MTL_CACHE_DIR) to a writable folder")
+    end = run_trial(cfg, store=store, report=on_epoch, resume=state, env=env, data=data, store_fix=RUN_FIX)
     del data
     if end.diverged:
         result = {"diverged": end.diverged.as_dict(), "diverged_line": end.diverged.line(), "test_acc": None,

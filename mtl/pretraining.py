@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
 
 from mtl.checkpoint import load_checkpoint, save_checkpoint
+from mtl.claim import Lock
 from mtl.config import Config, pretraining_keys
 from mtl.data import dataset_fingerprint
 from mtl.data.cache import cache_dir
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 # marked fields whose influence reaches the key through the dataset's content fingerprint instead:
 # the same data under another path is the same pretraining
 VIA_FINGERPRINT = ("data.root",)
+SWEEP_FIX = "give the sweep a writable storage path"  # what to do about an unwritable cache, per caller
+RUN_FIX = "set data.cache_dir (or $MTL_CACHE_DIR) to a writable folder"
 # report(metrics, checkpoint) of a trial (mtl.trial.Report); pretraining epochs come with no checkpoint
 Report = Callable[[dict[str, Any], "dict[str, Any] | None"], None]
 
@@ -123,7 +125,7 @@ class _Stopped(Exception):
 
 
 def pretrained_backbone(cfg: Config, env: Env, data: dict[str, Any], store: str | Path, *, who: str = "",
-                        report: Report | None = None, fix: str | None = None) -> Backbone | Divergence:
+                        report: Report | None = None, fix: str = SWEEP_FIX) -> Backbone | Divergence:
     """``pretrain.checkpoint`` when given, else the store's entry for this pretraining setup (built
     here, resumably, if no one built it yet; ``report`` sees its epochs). A build that diverges
     publishes nothing and returns where it diverged. ``fix``: what to do when the store cannot be
@@ -192,9 +194,9 @@ class Entry:
 
 
 class PretrainCache:
-    def __init__(self, root: str | Path, fix: str | None = None) -> None:
+    def __init__(self, root: str | Path, fix: str = SWEEP_FIX) -> None:
         self.root = Path(root)
-        self.store = Store(self.root, "pretraining cache", fix or "give the sweep a writable storage path",
+        self.store = Store(self.root, "pretraining cache", fix,
                            complete=lambda entry: (entry / "backbone.pt").is_file())
 
     def lookup(self, key: str) -> Entry | None:
@@ -236,7 +238,7 @@ class PretrainCache:
         """Append ``line`` to ``builds.log``: rewritten whole by the atomic writer, under a lock
         (builders of different keys run at the same time)."""
         log_file = self.root / "builds.log"
-        with FileLock(str(self.root / "builds.log.lock")):
+        with Lock(self.root / "builds.log.lock"):
             old = log_file.read_text() if log_file.is_file() else ""
             write_text_atomic(log_file, old + json.dumps(line) + "\n")
 

@@ -1,9 +1,10 @@
 """One store of entries built once and shared: the data cache and the pretraining cache.
 
 An entry is a folder ``<root>/<key>/``. Building is single-flight and crash-safe: the
-builder holds ``<root>/<key>.lock`` (filelock, so it works across processes, threads and
-NFS clients), fills a private ``<root>/.<key>.tmp-<random>/``, writes the completion marker
-``COMPLETE`` last, fsyncs the whole folder, renames it to ``<key>/`` and fsyncs the root.
+builder holds ``<root>/<key>.lock`` (an flock, :class:`mtl.claim.Lock`, so it works across
+processes and threads; the file is removed when the build ends, whatever its outcome), fills
+a private ``<root>/.<key>.tmp-<random>/``, writes the completion marker ``COMPLETE`` last,
+fsyncs the whole folder, renames it to ``<key>/`` and fsyncs the root.
 The rename is the publish step: a folder under a key's name is always complete and is read
 without the lock; readers never see partial content, even after a power loss.
 
@@ -11,10 +12,15 @@ Others wait on the lock, then read what the builder made. A builder that wants r
 state across crashes keeps it in ``<root>/<key>.partial/`` (created by the builder itself,
 removed once the entry is published). Temporary folders of a crashed builder of the same
 key are removed by the next builder.
+
+A full disk (:class:`~mtl.errors.DiskFull`, in the builder's writes or the store's own) removes
+the entry's temporary folder and its ``<key>.partial/`` work folder too, so the space is free again
+and nothing of the entry is left, and the error names the entry's file that found no room.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -25,10 +31,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from filelock import FileLock, Timeout
-
+from mtl.claim import Lock
 from mtl.errors import MTLError
-from mtl.files import fsync_dir, fsync_tree, write_json_atomic
+from mtl.files import FULL_ERRNOS, RESUME_FIX, disk_full, disk_full_of, fsync_dir, fsync_tree, write_json_atomic
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,14 +45,6 @@ def has_marker(entry: Path) -> bool:
     return (entry / MARKER).is_file()
 
 
-def _try_acquire(lock: FileLock) -> bool:
-    try:
-        lock.acquire(timeout=0)
-        return True
-    except Timeout:  # a TimeoutError, hence an OSError: keep it from Store.writable
-        return False
-
-
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -57,15 +54,17 @@ def _remove(path: Path) -> None:
 
 class Store:
     """Entries under ``root``; ``what`` ("data cache") and ``fix`` (what the user should do
-    when ``root`` cannot be written) make the ``error`` raised for an unwritable root.
+    when ``root`` cannot be written) make the ``error`` raised for an unwritable root;
+    ``space_fix``: what to do when its filesystem is full (:class:`~mtl.errors.DiskFull`).
 
     ``complete(entry)`` says whether a published folder is usable; the default checks the
     marker; a store with folders published before the marker existed passes its own test.
     """
 
     def __init__(self, root: str | Path, what: str, fix: str, error: type[MTLError] = MTLError,
-                 complete: Callable[[Path], bool] = has_marker) -> None:
+                 complete: Callable[[Path], bool] = has_marker, space_fix: str = RESUME_FIX) -> None:
         self.root, self.what, self.fix, self.error, self.complete = Path(root), what, fix, error, complete
+        self.space_fix = space_fix
 
     def path(self, key: str) -> Path:
         """The published entry folder of ``key`` (it may not exist)."""
@@ -93,8 +92,8 @@ class Store:
         if (entry := self.get(key)) is not None:
             return entry, False
         self.writable(lambda: self.root.mkdir(parents=True, exist_ok=True))
-        lock = FileLock(str(self.root / f"{key}.lock"))
-        if not self.writable(lambda: _try_acquire(lock)):
+        lock = Lock(self.root / f"{key}.lock")
+        if not self.writable(lambda: lock.acquire(blocking=False)):
             log.info("%s entry %s is being built by another process; waiting", self.what, key)
             self.writable(lock.acquire)
         try:
@@ -106,19 +105,29 @@ class Store:
             try:
                 build(tmp, self.work_dir(key))
                 self.writable(lambda: self._publish(key, tmp))
-            except BaseException:
+            except BaseException as e:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise
+                full = disk_full_of(e, self.path(key)) if isinstance(e, Exception) else None
+                if full is None:
+                    raise
+                shutil.rmtree(self.work_dir(key), ignore_errors=True)  # its state is no use without room
+                where = Path(full.path or self.path(key)).absolute()
+                if where.is_relative_to(tmp.absolute()):  # name the entry's file, not the temporary's
+                    where = self.path(key).absolute() / where.relative_to(tmp.absolute())
+                raise disk_full(where, full.need, fix=self.space_fix, quota=full.quota, free=full.free) from None
             shutil.rmtree(self.work_dir(key), ignore_errors=True)
             return self.path(key), True
         finally:
             lock.release()
 
     def writable(self, action: Callable[[], T]) -> T:
-        """Run ``action``; an OSError becomes the store's "cannot write" error (for builders' writes too)."""
+        """Run ``action``; an OSError becomes the store's "cannot write" error (for builders' writes too),
+        or :class:`~mtl.errors.DiskFull` where the filesystem is full."""
         try:
             return action()
         except OSError as e:
+            if e.errno in FULL_ERRNOS:
+                raise disk_full(e.filename or self.root, fix=self.space_fix, quota=e.errno == errno.EDQUOT) from None
             raise self.error(f"cannot write the {self.what} at {self.root} ({e.strerror or e}); {self.fix}") from None
 
     def _remove_stale(self, key: str) -> None:

@@ -11,6 +11,9 @@ Scenarios, each in its own folder with its own local Ray and mlflow.db:
 * ``sigint-pretraining``: Ctrl+C (SIGINT to the process group) while the shared pretraining
   runs, then ``--resume``.
 * ``concurrent-launch``: two launches of one name at once; one runs, the other exits 2.
+* ``disk-full``: the storage on a tmpfs too small to finish the sweep (root only: it mounts one);
+  the launch exits 2 with the one ``error: no space left on ...`` line and leaves no temporary,
+  ``.partial`` or lock file; the tmpfs is remounted larger and ``--resume`` finishes.
 
 After each: the last launch exits 0; summary.json has exactly ``num_samples`` trials; no trial
 restarted from epoch 1 once it had a checkpoint (every meta epoch checkpoints, so every restart
@@ -65,6 +68,7 @@ class Scenario:
         self.env.update(RAY_ENV, RAY_TMPDIR=str(self.root / "raytmp"), PYTHONUNBUFFERED="1")
         self.sessions: list[int] = []
         self.launches = 0
+        self.mounts: list[Path] = []
 
     def launch(self, resume: bool = False) -> subprocess.Popen:
         args = [sys.executable, str(LAUNCH), str(SMOKE), "--storage", str(self.root / "results")]
@@ -99,9 +103,21 @@ class Scenario:
     def finish(self, proc: subprocess.Popen) -> int:
         return proc.wait(GUARD_S)
 
+    def mount(self, path: Path, size: str) -> None:
+        """A tmpfs of ``size`` at ``path`` (root only), unmounted by :meth:`cleanup`."""
+        path.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{self.name}: cannot mount a tmpfs (root only): {done.stderr.strip()}")
+        self.mounts.append(path)
+
     def cleanup(self) -> None:
         for sid in self.sessions:
             kill_session(sid)
+        for path in reversed(self.mounts):
+            if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode != 0:
+                subprocess.run(["umount", "-l", str(path)], check=False)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -173,8 +189,25 @@ def concurrent_launch(s: Scenario) -> dict[str, Any]:
             "refusal": refused[0].strip().splitlines()[-1] if refused else None}
 
 
+def disk_full(s: Scenario) -> dict[str, Any]:
+    results = s.root / "results"
+    s.mount(results, "5m")  # the shared pretraining fits; all trials' checkpoints and the winner's export do not
+    proc = s.launch()
+    first = s.finish(proc)
+    err = Path(f"{proc.log}.err").read_text()  # type: ignore[attr-defined]
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    left = sorted(str(p.relative_to(results)) for p in results.rglob("*")
+                  if ".tmp-" in p.name or p.name.endswith((".partial", ".lock", ".claim", ".owner.json")))
+    one_line = (first == 2 and len(errors) == 1 and err.rstrip().splitlines()[-1] == errors[0]
+                and errors[0].startswith("error: no space left on ") and errors[0].endswith("run again with --resume"))
+    subprocess.run(["mount", "-o", "remount,size=256m", str(results)], check=True)
+    proc = s.launch(resume=True)
+    return {"rc": [first, s.finish(proc)], "refusal": errors[-1] if errors else None, "one_line": one_line,
+            "left_behind": left}
+
+
 SCENARIOS = {"kill-trial": kill_trial, "kill-driver-twice": kill_driver_twice,
-             "sigint-pretraining": sigint_pretraining, "concurrent-launch": concurrent_launch}
+             "sigint-pretraining": sigint_pretraining, "concurrent-launch": concurrent_launch, "disk-full": disk_full}
 
 
 def check(s: Scenario, outcome: dict[str, Any]) -> dict[str, Any]:
@@ -207,7 +240,8 @@ def check(s: Scenario, outcome: dict[str, Any]) -> dict[str, Any]:
     }
     row["ok"] = (outcome["rc"][-1] == 0 and len(trials) == SAMPLES and not from_scratch and len(parents) == 1
                  and per_trial == [1] * len(trials) and not running and row["orphans_closed"]
-                 and outcome.get("stopped_before_pretraining_ended", True))
+                 and outcome.get("stopped_before_pretraining_ended", True) and outcome.get("one_line", True)
+                 and not outcome.get("left_behind"))
     return row
 
 

@@ -1,8 +1,9 @@
 """Faults of the environment a sweep or a run names, found before Ray and before any training:
 storage and --out that cannot hold files, MLflow stores that are damaged, foreign or answer
 only half, a resume against another store, a corrupt image in the test split, a sweep of the
-same name already running. Each is one line on stderr, exit 2, nothing left behind; plus the
-claim itself (stale claims are taken over) and the serialised creation of a new mlflow.db."""
+same name already running, a second run writing into one --out. Each is one line on stderr, exit 2,
+nothing left behind; plus the claim itself (stale claims are taken over) and the serialised creation
+of a new mlflow.db."""
 
 from __future__ import annotations
 
@@ -14,15 +15,17 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import threading
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from tiny_settings import TINY
 from tune_support import SMOKE, launch_main
 
+from mtl.claim import SweepClaim
 from mtl.cli import main as mtl_main
-from mtl.tune.claim import SweepClaim
 
 
 class _HalfServer(http.server.BaseHTTPRequestHandler):
@@ -166,6 +169,38 @@ def test_single_run_out_that_cannot_hold_files(kind, tmp_path, capsys):
     assert (tmp_path / "f").read_text() == "x"
 
 
+@pytest.mark.parametrize("kind", ["file-in-the-way", "read-only"])
+def test_single_run_with_an_unwritable_pretraining_cache_names_its_own_fix(kind, tmp_path, capsys):
+    """The pretraining cache of `python -m mtl train` lies under data.cache_dir ($MTL_CACHE_DIR): its fix
+    says so, not the sweep's "give the sweep a writable storage path"."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if kind == "file-in-the-way":
+        (cache / "pretrain").write_text("not a folder")
+    else:
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(cache)],
+                                               capture_output=True, check=False).returncode != 0:
+            pytest.skip("a read-only mount needs root (as the CI runs) and a kernel that allows it here")
+    try:
+        sets = [a for s in [*TINY, f"data.cache_dir={cache}"] for a in ("--set", s)]
+        code = mtl_main(["train", "synthetic", *sets, "--out", str(tmp_path / "run")])
+    finally:
+        if kind == "read-only":
+            subprocess.run(["umount", str(cache)], check=True)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith(f"error: cannot write the pretraining cache at {cache / 'pretrain'} ("), err
+    assert err.endswith("; set data.cache_dir (or $MTL_CACHE_DIR) to a writable folder"), err
+    assert not (tmp_path / "run").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+    from mtl.config import Config
+    from mtl.errors import MTLError
+    from mtl.pretraining import PretrainCache
+
+    (tmp_path / "f").write_text("x")  # the sweep's own wording stays
+    with pytest.raises(MTLError, match=r"cannot write the pretraining cache at .*; give the sweep a writable storage"):
+        PretrainCache(tmp_path / "f" / "pc").get_or_build(Config(), lambda state: {}, dataset_fp="fp")
+
+
 def test_second_launch_of_a_running_sweep_is_refused_with_its_owner(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     import socket
@@ -183,7 +218,7 @@ def test_claim_of_a_killed_driver_is_taken_over(tmp_path):
     """A driver killed with SIGKILL cannot clean up; its lock dies with it, so the next launch
     (a --resume) claims the sweep, and a second claim while that one holds is refused."""
     storage = tmp_path / "results"
-    code = ("import sys, time; from pathlib import Path; from mtl.tune.claim import SweepClaim\n"
+    code = ("import sys, time; from pathlib import Path; from mtl.claim import SweepClaim\n"
             "c = SweepClaim(Path(sys.argv[1]), 'smoke'); c.acquire(); print('held', flush=True); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(storage)], stdout=subprocess.PIPE, text=True)
     try:
@@ -199,6 +234,60 @@ def test_claim_of_a_killed_driver_is_taken_over(tmp_path):
         with pytest.raises(Exception, match=f"claimed by .*:{os.getpid()}"):
             SweepClaim(storage, "smoke").acquire()
     assert not (storage / ".smoke.claim").exists() and not (storage / ".smoke.owner.json").exists()
+
+
+# a real run that stops after meta epoch 1 (its checkpoint written) and waits, holding its --out
+WRITER = textwrap.dedent("""
+    import sys
+    from mtl.configs import load_config
+    from mtl.experiment import run_experiment
+
+    def report(m):
+        if m["phase"] == "meta":
+            print("meta epoch", m["epoch"], flush=True)
+            sys.stdin.readline()  # until killed
+
+    run_experiment(load_config("synthetic", sys.argv[2:]), sys.argv[1], report=report)
+""")
+
+
+def _meta_epochs(out: Path) -> list[int]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["epoch"] for r in rows if r["phase"] == "meta"]
+
+
+@pytest.mark.slow
+def test_second_writer_of_a_run_folder_is_refused_and_a_killed_one_taken_over(tmp_path, capsys):
+    """Two runs into one --out used to interleave their epochs (1, 2, 1, 3, 2, 3) and both exit 0."""
+    import socket
+
+    out, sets = tmp_path / "run", [a for s in TINY for a in ("--set", s)]
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(out), *TINY], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "meta epoch 1"  # waits for the writer, not for a time
+        for resume in ([], ["--resume"]):
+            code = mtl_main(["train", "synthetic", *sets, "--out", str(out), *resume])
+            err = capsys.readouterr().err.strip()
+            assert code == 2 and err.count("\n") == 0, err
+            assert err.startswith(f"error: --out {out} is being written by another run (claimed by "
+                                  f"{socket.gethostname()}:{proc.pid} since "), err
+            assert err.endswith("wait for it to end or stop it first, or choose another --out"), err
+        assert _meta_epochs(out) == [1]  # the refused runs wrote nothing
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert json.loads((tmp_path / ".run.owner.json").read_text())["pid"] == proc.pid  # left by the killed writer
+    assert mtl_main(["train", "synthetic", *sets, "--out", str(out), "--resume"]) == 0
+    assert _meta_epochs(out) == [1, 2, 3] and (out / "result.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the claim's files went with it
+
+
+def test_run_claim_of_bad_input_leaves_nothing(tmp_path, capsys):
+    out = tmp_path / "runs" / "a"
+    code = mtl_main(["train", "synthetic", "--set", "data.synthetic.val_classes=3", "--out", str(out)])
+    assert code == 2 and "the val split has only 3 classes" in capsys.readouterr().err  # found under the claim
+    assert list(tmp_path.iterdir()) == []  # no claim file, no folder: not even runs/, which the claim made
 
 
 def _open_store(uri: str, name: str, barrier) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -161,15 +162,14 @@ def test_unwritable_root_names_the_store_and_fix(tmp_path):
 def test_failing_writer_keeps_the_old_file(tmp_path):
     target = tmp_path / "result.json"
     write_text_atomic(target, "old")
-    with pytest.raises(RuntimeError, match="writer died"):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half of the new")
-            raise RuntimeError("writer died")
+    with pytest.raises(RuntimeError, match="writer died"), atomic_path(target) as tmp:
+        tmp.write_text("half of the new")
+        raise RuntimeError("writer died")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["result.json"]
 
     ck = tmp_path / "model.pt"
     save_checkpoint(ck, {"kind": "meta", "epoch": 1, "config": {}, "current": {}, "best_state": {}})
-    with pytest.raises(Exception):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # pickle says one or the other
         save_checkpoint(ck, {"kind": "meta", "epoch": 2, "bad": lambda: 0})  # torch.save cannot pickle it
     assert load_checkpoint(ck, "meta")["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "result.json"]
@@ -242,3 +242,30 @@ def test_pretrain_cache_on_the_store(tmp_path):
     assert again.status == "hit" and torch.equal(again.state["w"], entry.state["w"]) and len(states) == 2
     (line,) = (tmp_path / "pc" / "builds.log").read_text().splitlines()
     assert json.loads(line)["built_by"] == "t2" and cache.lookup(entry.key).status == "hit"
+
+
+def test_lock_file_removed_under_a_waiter_is_locked_anew(tmp_path, monkeypatch):
+    """The store's lock (mtl.claim.Lock) removes its file when released. A waiter that opened the file
+    just before that removal locks a file no longer there: it must see so and lock the new one."""
+    import mtl.claim
+    from mtl.claim import Lock
+
+    path = tmp_path / "k.lock"
+    holder, waiter = Lock(path), Lock(path)
+    assert holder.acquire(blocking=False) and path.exists()
+    real_open, opened = os.open, []
+
+    def open_then_holder_lets_go(*args, **kwargs):
+        fd = real_open(*args, **kwargs)
+        opened.append(os.fstat(fd).st_ino)
+        holder.release()  # between the waiter's open and its flock: the file it opened goes away
+        return fd
+
+    monkeypatch.setattr(mtl.claim.os, "open", open_then_holder_lets_go)
+    assert waiter.acquire(blocking=False)
+    monkeypatch.undo()
+    assert len(opened) == 2  # the removed file, then the new one
+    assert path.stat().st_ino == os.fstat(waiter._fd).st_ino == opened[1]
+    assert not Lock(path).acquire(blocking=False)  # held, by the waiter
+    waiter.release()
+    assert not path.exists()

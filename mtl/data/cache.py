@@ -12,7 +12,9 @@ place only when complete (and fsynced), so a folder named like an entry is alway
 one and can be read without the lock. Others wait on the lock and then read what the builder
 made. Temporary folders left by a crashed builder of the same entry are removed by the next
 builder. Entries also hold the store's ``COMPLETE`` marker; ones made before it existed are
-recognised by their ``meta.json``.
+recognised by their ``meta.json``. The lock file is removed when the build ends. A filesystem
+without room for the images is refused before decoding (their size is known, and the file's
+blocks are allocated up front); a full disk removes the partial entry (:class:`~mtl.errors.DiskFull`).
 
 Reading copies the memory-mapped array into an ordinary tensor: the split is moved to the
 device right after (architecture.md), and ``torch.from_numpy`` on a read-only map would
@@ -21,6 +23,7 @@ give a tensor that must never be written. The copy is one sequential read of the
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -37,7 +40,7 @@ from tqdm import tqdm
 from mtl.config import Data
 from mtl.data.splits import FORMAT_VERSION, Decoder, Split, SplitIndex, labels_of, offsets_of
 from mtl.errors import DataError
-from mtl.files import atomic_path, write_json_atomic
+from mtl.files import AGAIN_FIX, atomic_path, ensure_space, write_json_atomic
 from mtl.store import Store
 
 log = logging.getLogger(__name__)
@@ -112,7 +115,22 @@ def decode_into(decoder: Decoder, out: np.ndarray, progress: bool, desc: str,
 
 def _store(root: Path) -> Store:
     return Store(root, "data cache", "set data.cache_dir (or MTL_CACHE_DIR) to a writable folder", DataError,
-                 complete=lambda entry: (entry / "meta.json").is_file())
+                 complete=lambda entry: (entry / "meta.json").is_file(), space_fix=AGAIN_FIX)
+
+
+def _open_images(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A writable uint8 ``.npy`` map of ``shape`` whose blocks are all allocated before any is written:
+    a filesystem without room for it fails here (ENOSPC), never later as a SIGBUS in a page of the map."""
+    need = int(np.prod(shape))
+    ensure_space(path, need, fix=AGAIN_FIX)
+    images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    try:
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # one that cannot reserve: the check above must do
+            raise OSError(e.errno, e.strerror, str(path)) from None
+    return images
 
 
 def _build(store: Store, tmp: Path, entry: Path, index: SplitIndex, progress: bool) -> None:
@@ -121,8 +139,7 @@ def _build(store: Store, tmp: Path, entry: Path, index: SplitIndex, progress: bo
     started = time.time()
     log.info("decoding %s/%s (%d images, %d px) from %s into %s",
              index.dataset, index.split, n, s, index.source, entry)
-    images = store.writable(lambda: np.lib.format.open_memmap(
-        tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, 3, s, s)))
+    images = store.writable(lambda: _open_images(tmp / "images.npy", (n, 3, s, s)))
     decode_into(index.decoder, images, progress, f"{index.dataset}/{index.split}")
     store.writable(images.flush)
     del images  # unmap before the folder is published

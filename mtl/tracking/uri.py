@@ -138,12 +138,24 @@ def check_sqlite_store(uri: str, path: Path) -> None:
 def creation_lock(uri: str) -> Iterator[None]:
     """Serialise the first touch of a SQLite store (MLflow creates its tables then: two drivers
     doing it at once crash one of them) and the creation of an experiment, across processes.
-    The lock file ``.<db name>.lock`` beside the database stays (removing lock files is racy)."""
+    The lock file ``.<db name>.lock`` beside the database stays (removing lock files is racy).
+    A full disk while a new database is made removes it again (a half-made one stops MLflow for
+    good: "table ... already exists") and is :class:`~mtl.errors.DiskFull` naming it."""
     if not uri.lower().startswith("sqlite:"):
         yield
         return
     from filelock import FileLock
 
+    from mtl.files import disk_full, disk_full_of
+
     db = sqlite_path(uri)[0]
     with FileLock(db.with_name(f".{db.name}.lock"), timeout=300):
-        yield
+        new = not db.exists() or db.stat().st_size == 0  # under the lock: nobody else is making it
+        try:
+            yield
+        except Exception as e:
+            if (full := disk_full_of(e, db)) is None:
+                raise
+            for made in (db, *(db.with_name(db.name + x) for x in ("-journal", "-wal", "-shm"))) if new else ():
+                made.unlink(missing_ok=True)
+            raise disk_full(db, full.need, quota=full.quota) from None

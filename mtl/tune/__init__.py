@@ -1,7 +1,7 @@
 """Ray Tune sweeps of MTL configs.
 
 spec (the YAML) and space (its distributions), preflight (checks before Ray, the dry-run text),
-claim (one driver per name), cluster (Ray, resources, signals), sweep (the driver: Tuner, the
+cluster (Ray, resources, signals), sweep (the driver: Tuner, the
 summary), trainable (the adapter to mtl.trial), outcome (how each trial ended), finals (the
 comparisons after the search), summary (the verdict and the printed table), progress and
 callbacks (what the terminal and MLflow get while trials run). The driver produces

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mtl.claim import SweepClaim
 from mtl.compat import trial_statuses
 from mtl.config import affects_pretraining
 from mtl.configs import save_config
@@ -21,7 +22,6 @@ from mtl.errors import MTLError
 from mtl.files import write_json_atomic, write_text_atomic
 from mtl.results import Baseline, Best, MlflowLink, SweepSummary
 from mtl.tune import SweepInterrupted
-from mtl.tune.claim import SweepClaim
 from mtl.tune.cluster import (
     concurrent_slots,
     connect,
@@ -46,7 +46,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
               ray_init: dict[str, Any] | None = None) -> SweepSummary:
     """Run (or resume) a sweep end to end; returns the summary also written to summary.json.
 
-    The sweep's claim (:mod:`mtl.tune.claim`) is held from the check of what the storage holds
+    The sweep's claim (:mod:`mtl.claim`) is held from the check of what the storage holds
     to the end, so two launches of one name never both run."""
     uri = check_inputs(spec)
     with SweepClaim(spec.storage, spec.name):

@@ -11,13 +11,16 @@ error: the scheduler and the searcher learn from it, and Ray Tune does not retry
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mtl.checkpoint import load_checkpoint, save_checkpoint
+from mtl.compat import CheckpointUpload
 from mtl.config import config_from_dict
+from mtl.files import disk_full, disk_full_of
 from mtl.metrics import numeric
 from mtl.runtime import make_env
 from mtl.trial import run_trial
@@ -58,7 +61,26 @@ def train_mtl(params: dict[str, Any], *, base: dict[str, Any], cache_root: str) 
             return
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(Path(d) / CHECKPOINT_FILE, state)
-            tune.report(reported(m, state), checkpoint=tune.Checkpoint.from_directory(d))
+            report_checkpoint(reported(m, state), d)
 
     run_trial(cfg, store=cache_root, report=report, resume=resume, who=tune.get_context().get_trial_id() or "",
               env=replace(make_env(cfg.runtime), progress=False))
+
+
+def report_checkpoint(metrics: dict[str, Any], folder: str) -> None:
+    """``tune.report`` with the checkpoint in ``folder``. Ray uploads it to the sweep's storage; where that
+    is full, the trial fails with the one line of :class:`~mtl.errors.DiskFull` (not pyarrow's trace) and
+    the part of the upload that Ray could not finish (so never registered) is removed."""
+    from ray import tune
+
+    upload = CheckpointUpload()
+    try:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    except Exception as e:
+        target = upload.path or tune.get_context().get_trial_dir()
+        if disk_full_of(e, target) is None:
+            raise
+        need = sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+        if upload.started() and Path(target).is_dir():
+            shutil.rmtree(target, ignore_errors=True)  # this report's own upload, not an earlier checkpoint
+        raise disk_full(target, need) from None
