@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from mtl.errors import CheckpointError
+from mtl.errors import CheckpointError, shown
 from mtl.files import atomic_path
 
 FORMAT = 1
@@ -41,7 +41,7 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mtl checkpoint (format {FORMAT})")
     if kind is not None and ck.get("kind") != kind:
-        raise CheckpointError(f"{path} holds a {ck.get('kind')!r} checkpoint, expected {kind!r}")
+        raise CheckpointError(f"{path} holds a {shown(ck.get('kind'))} checkpoint, expected {kind!r}")
     missing = [k for k in REQUIRED.get(kind or "", ()) if k not in ck]
     if missing:
         raise CheckpointError(f"{path} is not a complete mtl {kind} checkpoint (it lacks {', '.join(missing)}); "

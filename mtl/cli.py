@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mtl.configs import packaged_configs
-from mtl.errors import ConfigError, Diverged, MTLError
+from mtl.errors import ConfigError, Diverged, MTLError, shown
 
 log = logging.getLogger("mtl")
 
@@ -75,9 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from mtl.configs import load_config
+
+    cfg = load_config(args.config, args.overrides)  # before torch is imported: a refusal takes a moment
     from mtl.experiment import run_experiment
 
-    cfg = load_config(args.config, args.overrides)
     if args.dry_run:
         print(dry_run(cfg))
         return 0
@@ -145,9 +146,9 @@ def checkpoint_config(ck: dict, overrides: Sequence[str]):
     cfg = trained.with_overrides(overrides)
     old, new = dotted(trained.to_dict()), dotted(cfg.to_dict())
     for key in (k for k in new if k.startswith(FIXED) and new[k] != old[k]):
-        raise ConfigError(f"{key} = {new[key]!r} differs from the checkpoint's {old[key]!r}: the trained model fixes "
-                          "model.*, meta.way, data.dataset, data.image_size and data.normalization; drop --set "
-                          f"{key} (for another test set: eval.data.dataset, eval.data.root)")
+        raise ConfigError(f"{key} = {shown(new[key])} differs from the checkpoint's {shown(old[key])}: the trained "
+                          "model fixes model.*, meta.way, data.dataset, data.image_size and data.normalization; drop "
+                          f"--set {key} (for another test set: eval.data.dataset, eval.data.root)")
     return cfg
 
 

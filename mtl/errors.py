@@ -27,3 +27,15 @@ class Diverged(MTLError):
 
     ``python -m mtl train`` exits with status 3 on it, not 2: the input was valid, the run is its
     result."""
+
+
+SHOWN = 200  # characters of a user's value an error line quotes at most
+
+
+def shown(value: object, limit: int = SHOWN) -> str:
+    """``repr(value)`` for an error line, cut to ``limit`` characters and an ellipsis: a value can be
+    megabytes long (a pasted file, a long list), and the line must stay one readable line."""
+    if isinstance(value, str) and len(value) > limit:
+        value = value[:limit]  # its repr is at least as long: cut before building it
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -88,6 +91,18 @@ def _resume_of(content: bytes) -> Callable[[Path], str]:
     return make
 
 
+def _bomb(levels: int = 9, width: int = 10) -> str:
+    """A flow list of nested aliases: under 500 bytes that would expand to width ** levels items (10^9:
+    gigabytes and minutes), so that only a refusal before any expansion passes."""
+    parts = ["&a0 [" + ", ".join(["x"] * width) + "]"]
+    parts += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(parts) + "]"
+
+
+BOMB = _bomb()
+DEEP = "[" * 5000 + "]" * 5000  # a list nested 5,000 levels deep (Python's stack holds about 1,000)
+LONG = "[" + ", ".join(["x"] * 20_000) + "]"  # a 60 KB value: the line quotes its first 200 characters
+ALIAS = ["YAML alias *a0 is refused", "expand to gigabytes", "write the value out in full"]
 BINARY = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 LATIN1 = "meta:\n  way: 5  # caf\xe9\n".encode("latin-1")
 DUPLICATE = "meta:\n  way: 5\n  way: 3\n"
@@ -182,7 +197,27 @@ CASES: dict[str, tuple[str, list, list[str]]] = {
     # 10. a symlink loop in a class folder
     "symlink-loop": (TRAIN, ["synthetic", "--set", "data.dataset=folder", "--set", _symlink_loop, "--dry-run"],
                      ["train/c0/loop.png", "Too many levels of symbolic links", "fix or remove the link"]),
+    # 11. YAML aliases and deep nesting (run as processes under a memory bound: see BOMBS), long values
+    "alias-bomb-config": (TRAIN, [_write("c.yaml", f"data:\n  root: {BOMB}\n"), "--dry-run"],
+                          [*ALIAS, "c.yaml at line 2"]),
+    "alias-bomb-spec-config": (TUNE, [_write("spec.yaml", f"config:\n  data: {{root: {BOMB}}}\n{SPEC}")],
+                               [*ALIAS, "spec.yaml at line 2"]),
+    "alias-bomb-spec-name": (TUNE, [_write("spec.yaml", f"name: {BOMB}\n{SPEC}")], [*ALIAS, "spec.yaml at line 1"]),
+    "alias-bomb-set": (TRAIN, ["synthetic", "--set", f"data.root={BOMB}", "--dry-run"],
+                       [*ALIAS, "in --set data.root", "quote it if you meant the text"]),
+    "alias-bomb-sweep-set": (TUNE, [_write("spec.yaml", SPEC), "--set", f"name={BOMB}"], [*ALIAS, "in --set name"]),
+    "deep-nesting": (TRAIN, [_write("c.yaml", f"data:\n  root: {DEEP}\n"), "--dry-run"],
+                     ["YAML nested more than 100 levels deep in", "c.yaml at line 2", "remove the extra nesting"]),
+    "deep-nesting-set": (TRAIN, ["synthetic", "--set", f"data.root={DEEP}", "--dry-run"],
+                         ["YAML nested more than 100 levels deep in --set data.root"]),
+    "long-value": (TRAIN, ["synthetic", "--set", f"data.root={LONG}", "--dry-run"],
+                   ["data.root must be a str, not ['x', 'x', ", "'x',... (list)"]),
 }
+
+# rows whose input would take gigabytes and minutes if expanded (or exhaust Python's stack): run as
+# processes (test_bombs_are_refused_by_the_commands_in_bounded_memory), which a timeout can stop
+BOMBS = {"alias-bomb-config", "alias-bomb-spec-config", "alias-bomb-spec-name", "alias-bomb-set",
+           "alias-bomb-sweep-set", "deep-nesting", "deep-nesting-set"}
 
 
 def _sets(items: list[str]) -> list[str]:
@@ -211,6 +246,7 @@ def _check(case: str, code: int, out: str, err: str, before: dict[str, bytes], t
     for fragment in CASES[case][2]:
         assert fragment in lines[0], (fragment, lines[0])
     assert "weights_only" not in lines[0] and "Traceback" not in err
+    assert len(lines[0]) < 800, lines[0][:3000]  # a user's value is quoted in 200 characters at most
     assert out == ""
     assert _tree(tmp) == before  # nothing written: no out/, no sweep folder, no mlflow.db, no Ray session
 
@@ -225,7 +261,7 @@ def clean_env(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [c for c in CASES if c not in BOMBS])
 def test_bad_input_is_refused_in_one_line(case, clean_env, capsys):
     tmp = clean_env
     argv = _argv(case, tmp)
@@ -235,17 +271,51 @@ def test_bad_input_is_refused_in_one_line(case, clean_env, capsys):
     _check(case, code, captured.out, captured.err, before, tmp)
 
 
+def _command(case: str, tmp: Path) -> tuple[list[str], dict[str, str]]:
+    """The row as a real command line, and its environment (this checkout first on the path)."""
+    argv = _argv(case, tmp)
+    cmd = [str(LAUNCH), *argv] if CASES[case][0] == TUNE else ["-m", "mtl", *argv]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    return [sys.executable, *cmd], env
+
+
+@pytest.mark.parametrize("case", sorted(BOMBS))
+def test_bombs_are_refused_by_the_commands_in_bounded_memory(case, clean_env):
+    """Each bomb row as a process: refused in one line with exit 2 and nothing written, in bounded
+    memory (peak resident set under 1 GiB; its address space is capped at 8 GiB, so an expansion fails
+    instead of filling the machine), and a generous timeout kills it should it hang, failing the test."""
+    tmp = clean_env
+    cmd, env = _command(case, tmp)
+    before = _tree(tmp)
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    cap = 8 << 30 if hard == resource.RLIM_INFINITY else min(8 << 30, hard)
+    limit = f"import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({cap}, {hard})); " \
+            "os.execv(sys.argv[1], sys.argv[1:])"
+    capped = [sys.executable, "-c", limit, *cmd]  # the limit holds across exec
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(capped, cwd=tmp, env=env, stdout=out, stderr=err, text=True)
+        guard = threading.Timer(120, proc.kill)  # a hang guard only: a refusal takes seconds
+        guard.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            guard.cancel()
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    assert code != -9, f"{case}: killed after 120 s"
+    _check(case, code, stdout, stderr, before, tmp)
+    assert usage.ru_maxrss < 1 << 20, f"{case}: peak resident set {usage.ru_maxrss} KiB"  # KiB on Linux
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["config-binary", "spec-duplicate-key", "checkpoint-foreign-object"])
 def test_the_commands_exit_2_with_one_line(case, clean_env):
     tmp = clean_env
-    argv = _argv(case, tmp)
+    cmd, env = _command(case, tmp)
     before = _tree(tmp)
-    cmd = [str(LAUNCH), *argv] if CASES[case][0] == TUNE else ["-m", "mtl", *argv]
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, *cmd], cwd=tmp, env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
+    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600, check=False)
     _check(case, proc.returncode, proc.stdout, proc.stderr, before, tmp)
 
 
