@@ -212,6 +212,8 @@ CASES: dict[str, tuple[str, list, list[str]]] = {
                          ["YAML nested more than 100 levels deep in --set data.root"]),
     "long-value": (TRAIN, ["synthetic", "--set", f"data.root={LONG}", "--dry-run"],
                    ["data.root must be a str, not ['x', 'x', ", "'x',... (list)"]),
+    "long-name-in-yaml": (TUNE, [_write("spec.yaml", f"name: {'n' * 20_000}\n{SPEC}")],
+                          ["sweep name 'nnnnnnnn", "is 20000 characters long", "at most 100"]),
     # 12. counts no real run reaches, and a single evaluation episode
     "meta-epochs-huge": (TRAIN, ["synthetic", "--set", "meta.epochs=100000000000000000000"],
                          ["meta.epochs = 100000000000000000000 must be in [1, 100000]", "no run needs more epochs"]),
@@ -246,6 +248,20 @@ CASES: dict[str, tuple[str, list, list[str]]] = {
                     ["eval.episodes = 1 must be in [2, ", "a 95% interval needs at least two episodes", "± 0.00"]),
     "one-val-episode": (TRAIN, ["synthetic", "--set", "eval.val_episodes=1"], ["eval.val_episodes = 1", "two epis"]),
     "one-probe-episode": (TRAIN, ["synthetic", "--set", "pretrain.val_episodes=1"], ["pretrain.val_episodes = 1"]),
+    # 13. sweep names, the MLflow URI, a space of too many choices
+    "name-too-long": (TUNE, [_write("spec.yaml", SPEC), "--set", "name=" + "n" * 300],
+                      ["is 300 characters long", "give one of at most 100"]),
+    "name-dot": (TUNE, [_write("spec.yaml", SPEC), "--set", "name=."],
+                 ["sweep name '.' must start with a letter or digit", "--set name=sweep"]),
+    "name-dash": (TUNE, [_write("spec.yaml", SPEC), "--set", "name=-rf"],
+                  ["sweep name '-rf' must start with a letter or digit", "a '-' reads as an option", "--set name=rf"]),
+    "name-slash": (TUNE, [_write("spec.yaml", SPEC), "--set", "name=a/b"],
+                   ["sweep name 'a/b' may hold only letters, digits, '.', '_' and '-'"]),
+    "tracking-uri-bare-word": (TUNE, [_write("spec.yaml", SPEC), "--set", "mlflow.tracking_uri=databricks"],
+                               ["MLflow tracking URI 'databricks' is neither a URI with a scheme nor a path",
+                                "sqlite:///<path>, http:// or https://"]),
+    "choices-too-many": (TUNE, [_space("meta.inner_steps: {choice: [" + ", ".join(map(str, range(1, 10_001))) + "]}")],
+                         ["space meta.inner_steps: choice lists 10000 values", "at most 200", "{int: [low, high]}"]),
 }
 
 # rows whose input would take gigabytes and minutes if expanded (or exhaust Python's stack): run as
@@ -351,6 +367,21 @@ def test_the_commands_exit_2_with_one_line(case, clean_env):
     before = _tree(tmp)
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600, check=False)
     _check(case, proc.returncode, proc.stdout, proc.stderr, before, tmp)
+
+
+def test_a_failed_claim_removes_the_storage_folders_it_made(tmp_path):
+    """A claim that cannot be taken (here: a lock file name over the file system's 255 bytes) leaves no
+    storage folder behind, nor the parents it made, and one folder that was there stays."""
+    from mtl.errors import ConfigError
+    from mtl.tune.claim import SweepClaim
+
+    with pytest.raises(ConfigError, match="cannot claim sweep"):
+        SweepClaim(tmp_path / "a" / "results", "n" * 300).acquire()
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(ConfigError, match="cannot claim sweep"):
+        SweepClaim(tmp_path / "kept" / "results", "n" * 300).acquire()
+    assert [p.name for p in tmp_path.rglob("*")] == ["kept"]
 
 
 def test_non_image_files_are_skipped_with_one_warning_per_split(tmp_path, capsys, caplog):

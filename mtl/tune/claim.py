@@ -12,7 +12,8 @@ contents: a restore must never bring back another process's claim), and the hold
 them when it is done, while it still holds the lock. A launch that opened the file just before
 that removal then holds a lock on a file no longer there; it sees so (the inode under the name
 differs from the one it locked) and tries again, so the exclusion holds across removals. A
-storage folder the claim had to create is removed again if nothing else was put in it.
+storage folder the claim had to create (and its parents it created) is removed again if nothing else
+was put in it, also when the claim failed.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ class SweepClaim:
         self.lock_path = self.storage / f".{name}.claim"
         self.owner_path = self.storage / f".{name}.owner.json"
         self._fd: int | None = None
-        self._made_storage = False
+        self._made: list[Path] = []  # the folders acquire created, deepest first
 
     def acquire(self) -> None:
         try:
-            self._made_storage = not self.storage.exists()
+            self._made = _missing(self.storage)
             self.storage.mkdir(parents=True, exist_ok=True)
             while self._fd is None:
                 fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -63,19 +64,19 @@ class SweepClaim:
                               "point --storage at a writable folder") from None
 
     def release(self) -> None:
-        if self._fd is None:
-            return
-        try:
-            self.owner_path.unlink(missing_ok=True)
-            self.lock_path.unlink(missing_ok=True)  # while still locked (module doc)
-        finally:
-            os.close(self._fd)
-            self._fd = None
-        if self._made_storage:
+        if self._fd is not None:
             try:
-                self.storage.rmdir()  # only if empty: the sweep wrote nothing
+                self.owner_path.unlink(missing_ok=True)
+                self.lock_path.unlink(missing_ok=True)  # while still locked (module doc)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+        made, self._made = self._made, []
+        for folder in made:  # also after a failed acquire (no fd held): the folders it created go too
+            try:
+                folder.rmdir()  # only if empty: the sweep wrote nothing
             except OSError:
-                pass
+                break
 
     def owner(self) -> str:
         """'claimed by host:pid since T', as far as the holder wrote it down."""
@@ -91,6 +92,15 @@ class SweepClaim:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _missing(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    out = []
+    while not folder.exists() and folder != folder.parent:
+        out.append(folder)
+        folder = folder.parent
+    return out
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -2,7 +2,7 @@
 
 ``space:`` in a spec maps config keys to ``{kind: [args]}``: ``uniform``/``loguniform`` [low,
 high], ``quniform``/``qloguniform`` [low, high, step], ``int``/``logint`` [low, high] (inclusive),
-``choice`` [values...]. Every argument is a finite number (``choice`` values may be anything the
+``choice`` [values...] (at most 200). Every argument is a finite number (``choice`` values may be anything the
 key takes), and every bound or choice must be a value the base config accepts for its key, so a
 value a trial would reject (an unknown backbone, a learning rate of 0) fails at spec load, naming
 the space key.
@@ -55,6 +55,7 @@ def _number(x: Any) -> bool:
 
 DIST_ARITY = {"uniform": 2, "loguniform": 2, "quniform": 3, "qloguniform": 3, "int": 2, "logint": 2}
 DISTS = (*DIST_ARITY, "choice")
+MAX_CHOICES = 200  # values of one choice: far more than a sweep's trials can try; each is checked by building a config
 
 
 def parse_space(raw: Any, base: Config, path: Path) -> dict[str, Dist]:
@@ -104,6 +105,9 @@ def _parse_dist(key: str, d: Any) -> Dist:
     if not isinstance(args, list) or not args:
         raise ConfigError(f"space {key}: {kind} needs a non-empty list of arguments")
     if kind == "choice":
+        if len(args) > MAX_CHOICES:  # before each value is checked against the config (a config build each)
+            raise ConfigError(f"space {key}: choice lists {len(args)} values; give at most {MAX_CHOICES} (a search "
+                              "draws a few dozen trials), or a range: {int: [low, high]} or {uniform: [low, high]}")
         bad = [a for a in args if isinstance(a, float) and not math.isfinite(a)]
         if bad:
             raise ConfigError(f"space {key}: choice values must be finite, got {bad[0]!r} in {shown(args)}")

@@ -171,8 +171,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
     settings_tree = {k: doc[k] for k in ("name", "base", "storage", "tune", "resources", "mlflow") if k in doc}
     settings: SweepSettings = load(SweepSettings, settings_tree, spec_over, what="sweep spec")
     name = path.stem if settings.name is None else settings.name
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ConfigError(f"sweep name {shown(name)} may hold only letters, digits, '.', '_' and '-'")
+    check_name(name)
 
     base = _load_base(path, settings.base, doc.get("config") or {}, cfg_over)
     space = parse_space(doc.get("space"), base, path)
@@ -192,6 +191,27 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
         raise ConfigError(f"tune.grace_period = {spec.tune.grace_period} exceeds max_t = {spec.max_t}; "
                           "lower the grace period or raise meta.epochs / tune.max_t")
     return spec
+
+
+MAX_NAME = 100  # characters of a sweep name: it names folders and files (.<name>.claim), which hold 255 bytes
+
+
+def check_name(name: str) -> None:
+    """A sweep name names folders and an MLflow experiment: up to :data:`MAX_NAME` letters, digits,
+    '.', '_' and '-', the first a letter or digit (a leading '.' hides the folder, a '-' reads as an option)."""
+    rule = f"letters, digits, '.', '_' and '-', starting with a letter or digit, at most {MAX_NAME} characters"
+    if not name:
+        raise ConfigError(f"sweep name '' is empty; give a name of {rule}")
+    if len(name) > MAX_NAME:
+        raise ConfigError(f"sweep name {shown(name, 40)} is {len(name)} characters long; give one of at most "
+                          f"{MAX_NAME} (--set name=...)")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]*", name):
+        raise ConfigError(f"sweep name {shown(name)} may hold only letters, digits, '.', '_' and '-'; give a name of "
+                          f"{rule}")
+    if not re.match(r"[A-Za-z0-9]", name):
+        fix = name.lstrip("._-") or "sweep"
+        raise ConfigError(f"sweep name {shown(name)} must start with a letter or digit (a leading '.' hides its "
+                          f"folder, a '-' reads as an option); e.g. --set name={fix}")
 
 
 def _check_baseline(spec: SweepSpec) -> None:
