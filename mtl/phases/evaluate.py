@@ -107,7 +107,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Mean query accuracy over ``episodes`` with its 95% CI, and the per-episode accuracies.
 
-    The caller puts the model in evaluation mode. ``w0, b0`` initialise every episode's head.
+    The caller puts the model in evaluation mode. ``w0, b0`` initialise every episode's head. With
+    ``flip_support`` the head adapts on the support loss summed over the images and their flipped
+    copies and divided by the number of original images, as the TF code (``lr`` applies to that).
     """
     accs = []
     dev = embed.env.device
@@ -116,8 +118,8 @@ def evaluate(
         for i in range(0, len(episodes), batch_episodes):
             eps = episodes[i : i + batch_episodes]
             fs, fq = embed(source, eps, flip_support)
-            w, b = adapt_head(fs, support_labels(eps, flip_support, dev), w0, b0,
-                              steps=steps, lr=lr, first_order=True)
+            w, b = adapt_head(fs, support_labels(eps, flip_support, dev), w0, b0, steps=steps, lr=lr,
+                              first_order=True, originals=eps.support.shape[1])  # flipped copies add steps
             stats = query_stats(logits(fq, w, b), eps.labels(eps.n_query, dev), eps.way)
             accs.append(stats["acc"])
     acc = torch.cat(accs).cpu()
