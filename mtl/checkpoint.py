@@ -49,6 +49,19 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     return ck
 
 
+def nonfinite(tree: Any, name: str = "") -> str | None:
+    """The dotted name of the first floating-point tensor holding NaN or inf in ``tree`` (nested
+    mappings and lists of tensors), else None."""
+    if isinstance(tree, torch.Tensor):
+        return name if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else None
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    for key, value in items:
+        found = nonfinite(value, f"{name}.{key}" if name else str(key))
+        if found:
+            return found
+    return None
+
+
 def _reason(e: Exception) -> str:
     """torch's error in a few words. Its weights-only refusal is reduced to what the file holds: its
     advice to reload with ``weights_only=False`` would run the file's code, which this format forbids."""

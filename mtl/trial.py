@@ -216,8 +216,14 @@ def meta_model(ck: dict[str, Any], cfg: Config, env: Env) -> tuple[Embedder, Hea
     model = build_meta_model(cfg.model, env, ck["backbone"])
     head = HeadInit(cfg.meta.way, model.out_dim, init="zeros").to(env.device)  # loaded below; draws no RNG
     state = ck["best_state"] or ck["current"]
-    load_meta_state(model, state["model"])
-    head.load_state_dict(state["head"])
+    try:  # a hand-edited config (meta.way 3 on a 5-way head) or state: one line, not a traceback
+        load_meta_state(model, state["model"])
+        head.load_state_dict(state["head"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        why = " ".join(line.strip() for line in str(e).splitlines()[:2])[:300]
+        raise CheckpointError(f"its weights do not fit the model its config describes ({type(e).__name__}: "
+                              f"{why}); its config's model.* and meta.way must be those it was trained with: use "
+                              "the checkpoint as its run wrote it") from None
     set_bn_mode(model, cfg.model.bn_mode, training=False)
     embed = Embedder(model, Normalize(cfg.data.normalization, env.device, env.channels_last), env)
     return embed, head

@@ -2,8 +2,9 @@
 problem and the fix, exit status 2, and nothing written (the folder a case runs in is unchanged).
 
 One table: each row builds its input under a fresh folder and runs ``python -m mtl train``,
-``python -m mtl evaluate`` or ``launch/tune.py`` in-process; three rows also run as real
-processes. No row starts Ray or trains: all are refused before either.
+``python -m mtl evaluate``, ``python -m mtl predict`` or ``launch/tune.py`` in-process; some rows
+also run as real processes (the YAML bombs only so). No row starts Ray or trains: all are refused
+before either.
 """
 
 from __future__ import annotations
@@ -51,6 +52,42 @@ def _meta_checkpoint(tmp: Path) -> str:
     path = tmp / "meta_state.pt"
     save_checkpoint(path, {"kind": "meta", "config": TRAINED, "current": {}, "best_state": None, "epoch": 1})
     return str(path)
+
+
+def _weights(way: int = 5) -> dict:
+    """The weights of an untrained tiny meta-model as a checkpoint holds them (no data, no training)."""
+    from mtl.models.backbones import create_backbone
+    from mtl.models.head import HeadInit
+    from mtl.models.scale_shift import meta_state, to_scale_shift
+
+    torch.manual_seed(0)
+    model = create_backbone("tiny")
+    backbone = {k: v.clone() for k, v in model.state_dict().items()}
+    to_scale_shift(model, "all", "kernel")
+    head = HeadInit(way, model.out_dim).state_dict()
+    return {"backbone": backbone, "current": {"model": meta_state(model), "head": head}}
+
+
+def _checkpoint(config: object = TRAINED, nan: bool = False) -> Callable[[Path], str]:
+    """A complete meta checkpoint of a 5-way tiny model under ``config`` (edited by hand, say); ``nan``:
+    one weight of its head is NaN."""
+    def make(tmp: Path) -> str:
+        path = tmp / "meta_state.pt"
+        weights = _weights()
+        if nan:
+            weights["current"]["head"]["weight"][0, 0] = float("nan")
+        save_checkpoint(path, {"kind": "meta", "config": config, "best_state": None, "epoch": 1, **weights})
+        return str(path)
+
+    return make
+
+
+def _support(tmp: Path) -> str:
+    return str(_image_folders(tmp) / "train")  # two classes of two images
+
+
+def _query(tmp: Path) -> str:
+    return str(tmp / "imgs" / "test" / "c0" / "0.png")  # made by _support, which comes first
 
 
 def _foreign_keys(tmp: Path) -> str:
@@ -106,7 +143,8 @@ ALIAS = ["YAML alias *a0 is refused", "expand to gigabytes", "write the value ou
 BINARY = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 LATIN1 = "meta:\n  way: 5  # caf\xe9\n".encode("latin-1")
 DUPLICATE = "meta:\n  way: 5\n  way: 3\n"
-TRAIN, EVALUATE, TUNE = "train", "evaluate", "tune"
+TRAIN, EVALUATE, PREDICT, TUNE = "train", "evaluate", "predict", "tune"
+THREE_WAY = {**TRAINED, "meta": {**TRAINED["meta"], "way": 3}}  # a hand-edited config: the head is 5-way
 
 # case -> (entry point, its arguments (a callable builds a file under the case's folder and gives its
 #          path or an argument), fragments the one line must hold)
@@ -262,6 +300,31 @@ CASES: dict[str, tuple[str, list, list[str]]] = {
                                 "sqlite:///<path>, http:// or https://"]),
     "choices-too-many": (TUNE, [_space("meta.inner_steps: {choice: [" + ", ".join(map(str, range(1, 10_001))) + "]}")],
                          ["space meta.inner_steps: choice lists 10000 values", "at most 200", "{int: [low, high]}"]),
+    # 14. evaluate and predict: checkpoints edited by hand or holding bad weights, --out that cannot be written
+    "checkpoint-config-str": (EVALUATE, [_checkpoint("meta: {way: 5}")],
+                              ["meta_state.pt: its config is a str, not a mapping of sections",
+                               "use the meta_state.pt a run or a sweep wrote, unedited"]),
+    "checkpoint-config-invalid": (EVALUATE, [_checkpoint({"meta": {"way": "five"}})],
+                                  ["meta_state.pt: its config does not validate (meta.way must be an int, not 'five'",
+                                   "unedited"]),
+    "checkpoint-weights-misfit": (EVALUATE, [_checkpoint(THREE_WAY)],
+                                  ["meta_state.pt: its weights do not fit the model its config describes",
+                                   "size mismatch for weight", "use the checkpoint as its run wrote it"]),
+    "checkpoint-nan-weights": (EVALUATE, [_checkpoint(nan=True)],
+                               ["meta_state.pt holds non-finite weights (current.head.weight has NaN or inf)",
+                                "use the meta_state.pt of a run that did not diverge"]),
+    "evaluate-out-folder": (EVALUATE, [_meta_checkpoint, "--out", lambda tmp: str(tmp)],
+                            ["is a folder; name a file to write", "eval.json"]),
+    "evaluate-out-under-file": (EVALUATE, [_meta_checkpoint, "--out", lambda t: str(t / "meta_state.pt" / "r.json")],
+                                ["lies under", "meta_state.pt, which is a file, not a folder"]),
+    "predict-config-str": (PREDICT, [_checkpoint("meta: {way: 5}"), "--support", _support, "--query", _query],
+                           ["its config is a str, not a mapping of sections"]),
+    "predict-weights-misfit": (PREDICT, [_checkpoint(THREE_WAY), "--support", _support, "--query", _query],
+                               ["meta_state.pt: its weights do not fit the model its config describes"]),
+    "predict-nan-weights": (PREDICT, [_checkpoint(nan=True), "--support", _support, "--query", _query],
+                            ["holds non-finite weights (current.head.weight has NaN or inf)"]),
+    "predict-out-folder": (PREDICT, [_meta_checkpoint, "--support", _support, "--query", _query,
+                                     "--out", lambda tmp: str(tmp / "imgs")], ["imgs is a folder", "predictions.csv"]),
 }
 
 # rows whose input would take gigabytes and minutes if expanded (or exhaust Python's stack): run as
@@ -280,7 +343,9 @@ def _argv(case: str, tmp: Path) -> list[str]:
     if entry == TRAIN:  # the tiny sizes first (the row's own --set win): a row that is not refused ends soon
         return ["train", *_sets(TINY), *built, *([] if "--out" in built else ["--out", str(tmp / "out")])]
     if entry == EVALUATE:
-        return ["evaluate", *built, "--out", str(tmp / "eval.json")]
+        return ["evaluate", *built, *([] if "--out" in built else ["--out", str(tmp / "eval.json")])]
+    if entry == PREDICT:
+        return ["predict", *built, "--set", "runtime.device=cpu"]
     return [*built, "--storage", str(tmp / "results")]
 
 
