@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from mtl.errors import CheckpointError
+from mtl.errors import CheckpointError, shown
 from mtl.files import write_bytes_atomic
 
 FORMAT = 1
@@ -45,12 +45,25 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mtl checkpoint (format {FORMAT})")
     if kind is not None and ck.get("kind") != kind:
-        raise CheckpointError(f"{path} holds a {ck.get('kind')!r} checkpoint, expected {kind!r}")
+        raise CheckpointError(f"{path} holds a {shown(ck.get('kind'))} checkpoint, expected {kind!r}")
     missing = [k for k in REQUIRED.get(kind or "", ()) if k not in ck]
     if missing:
         raise CheckpointError(f"{path} is not a complete mtl {kind} checkpoint (it lacks {', '.join(missing)}); "
                               "give the meta_state.pt of a run or a sweep's best/meta_state.pt")
     return ck
+
+
+def nonfinite(tree: Any, name: str = "") -> str | None:
+    """The dotted name of the first floating-point tensor holding NaN or inf in ``tree`` (nested
+    mappings and lists of tensors), else None."""
+    if isinstance(tree, torch.Tensor):
+        return name if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else None
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    for key, value in items:
+        found = nonfinite(value, f"{name}.{key}" if name else str(key))
+        if found:
+            return found
+    return None
 
 
 def _reason(e: Exception) -> str:

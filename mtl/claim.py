@@ -86,7 +86,7 @@ class Claim:
         self.lock = Lock(self.parent / f".{folder.name}.claim")
         self.lock_path = self.lock.path
         self.owner_path = self.parent / f".{folder.name}.owner.json"
-        self._made_parent = False
+        self._made: list[Path] = []  # the folders acquire created, deepest first
 
     def busy(self, owner: str) -> MTLError:
         """The error for a claim that another process holds (``owner``: :meth:`owner`)."""
@@ -98,7 +98,7 @@ class Claim:
 
     def acquire(self) -> None:
         try:
-            self._made_parent = not self.parent.exists()
+            self._made = _missing(self.parent)
             self.parent.mkdir(parents=True, exist_ok=True)
             if not self.lock.acquire(blocking=False):
                 raise self.busy(self.owner())
@@ -120,12 +120,12 @@ class Claim:
                 self.owner_path.unlink(missing_ok=True)
             finally:
                 self.lock.release()
-        if self._made_parent:
-            self._made_parent = False
+        made, self._made = self._made, []
+        for folder in made:  # also after a failed acquire: the folders it created go too
             try:
-                self.parent.rmdir()  # only if empty: nothing was written
+                folder.rmdir()  # only if empty: nothing was written
             except OSError:
-                pass
+                break
 
     def owner(self) -> str:
         """'claimed by host:pid since T', as far as the holder wrote it down."""
@@ -170,6 +170,15 @@ class RunClaim(Claim):
 
     def cannot(self, reason: str) -> MTLError:
         return ConfigError(f"cannot claim --out {self.folder} ({reason}); choose another --out folder")
+
+
+def _missing(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    out = []
+    while not folder.exists() and folder != folder.parent:
+        out.append(folder)
+        folder = folder.parent
+    return out
 
 
 def _same_file(fd: int, path: Path) -> bool:

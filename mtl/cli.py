@@ -12,11 +12,12 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from mtl.configs import packaged_configs
-from mtl.errors import ConfigError, MTLError
+from mtl.errors import CheckpointError, ConfigError, MTLError, shown
 
 log = logging.getLogger("mtl")
 
@@ -72,9 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from mtl.configs import load_config
+
+    cfg = load_config(args.config, args.overrides)  # before torch is imported: a refusal takes a moment
     from mtl.experiment import run_experiment
 
-    cfg = load_config(args.config, args.overrides)
     if args.dry_run:
         print(dry_run(cfg))
         return 0
@@ -103,18 +105,19 @@ def dry_run(cfg) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mtl.checkpoint import load_checkpoint
     from mtl.data.evalset import data_label, eval_data
     from mtl.files import write_json_atomic
     from mtl.phases.evaluate import evaluate_checkpoint
     from mtl.runtime import make_env
     from mtl.trial import load_test
 
-    ck = load_checkpoint(args.checkpoint, "meta")
+    _check_out(args.out, "eval.json")
+    ck = meta_checkpoint(args.checkpoint)
     split_set = [f"eval.data.split={args.split}"] if args.split else []
-    cfg = checkpoint_config(ck, [*split_set, *args.overrides])
+    cfg = checkpoint_config(ck, [*split_set, *args.overrides], args.checkpoint)
     env = make_env(cfg.runtime)
-    res = evaluate_checkpoint(ck, cfg, env, load_test(cfg, env))
+    with _naming(args.checkpoint):
+        res = evaluate_checkpoint(ck, cfg, env, load_test(cfg, env))
     split = cfg.eval.data.split
     test_data, train_data = data_label(eval_data(cfg), split), data_label(cfg.data)
     print(f"{split} accuracy {100 * res['acc']:.2f}% ± {100 * res['ci95']:.2f} "
@@ -128,34 +131,77 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 # what the trained weights fix: evaluate and predict cannot change these
 FIXED = ("model.", "meta.way", "data.dataset", "data.image_size", "data.normalization")
+AS_WRITTEN = "use the meta_state.pt a run or a sweep wrote, unedited"
 
 
-def checkpoint_config(ck: dict, overrides: Sequence[str]):
+def _check_out(out: str | None, example: str) -> None:
+    """``--out`` names a file to write: not an existing folder, nor under a file (before any work)."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"--out {out} is a folder; name a file to write, e.g. --out {path / example}")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"--out {out} lies under {parent}, which is a file, not a folder; name a file in a folder")
+
+
+@contextmanager
+def _naming(path: str) -> Iterator[None]:
+    """A CheckpointError raised in the block (weights that do not fit their config) names the file."""
+    try:
+        yield
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
+
+
+def meta_checkpoint(path: str) -> dict:
+    """A meta checkpoint for evaluate and predict, its weights checked finite at load (before any work):
+    a checkpoint holding NaN would report chance accuracy with a zero interval, or NaN probabilities."""
+    from mtl.checkpoint import load_checkpoint, nonfinite
+
+    ck = load_checkpoint(path, "meta")
+    bad = nonfinite({"backbone": ck.get("backbone"), "best_state": ck["best_state"], "current": ck["current"]})
+    if bad:
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights ({bad} has NaN or inf), so it is no "
+                              "model; use the meta_state.pt of a run that did not diverge, unedited")
+    return ck
+
+
+def checkpoint_config(ck: dict, overrides: Sequence[str], path: str = "the checkpoint"):
     """The checkpoint's config with ``overrides``, which may change how it is tested but not a field
-    its weights fix (:data:`FIXED`: loading would fail, or test another model than was trained)."""
+    its weights fix (:data:`FIXED`: loading would fail, or test another model than was trained). A
+    config that is not a mapping or does not validate (an edited file) is a CheckpointError naming ``path``."""
     from mtl.config import config_from_dict
     from mtl.schema import changed, dotted
 
-    trained = config_from_dict(ck["config"])
+    raw = ck["config"]
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"checkpoint {path}: its config is a {type(raw).__name__}, not a mapping of "
+                              f"sections; {AS_WRITTEN}")
+    try:
+        trained = config_from_dict(raw)
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path}: its config does not validate ({e}); {AS_WRITTEN}") from None
     cfg = trained.with_overrides(overrides)
-    new = dotted(cfg.to_dict())
-    old = dotted(trained.to_dict())
+    old, new = dotted(trained.to_dict()), dotted(cfg.to_dict())
     for key in (k for k in changed(trained.to_dict(), cfg.to_dict()) if k.startswith(FIXED)):
-        raise ConfigError(f"{key} = {new[key]!r} differs from the checkpoint's {old[key]!r}: the trained model fixes "
-                          "model.*, meta.way, data.dataset, data.image_size and data.normalization; drop --set "
-                          f"{key} (for another test set: eval.data.dataset, eval.data.root)")
+        raise ConfigError(f"{key} = {shown(new[key])} differs from the checkpoint's {shown(old[key])}: the trained "
+                          "model fixes model.*, meta.way, data.dataset, data.image_size and data.normalization; drop "
+                          f"--set {key} (for another test set: eval.data.dataset, eval.data.root)")
     return cfg
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from mtl.checkpoint import load_checkpoint
     from mtl.files import write_text_atomic
     from mtl.predict import predict, to_csv
     from mtl.runtime import make_env
 
-    ck = load_checkpoint(args.checkpoint, "meta")
-    cfg = checkpoint_config(ck, args.overrides)
-    preds = predict(ck, cfg, make_env(cfg.runtime), args.support, args.query)
+    _check_out(args.out, "predictions.csv")
+    ck = meta_checkpoint(args.checkpoint)
+    cfg = checkpoint_config(ck, args.overrides, args.checkpoint)
+    with _naming(args.checkpoint):
+        preds = predict(ck, cfg, make_env(cfg.runtime), args.support, args.query)
     width = max(len(p.query) for p in preds)
     for p in preds:
         print(f"{p.query.ljust(width)}  {p.label}  {p.probability:.3f}")

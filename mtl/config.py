@@ -42,6 +42,17 @@ from mtl.schema import (
 from mtl.schema import check_key as schema_check_key
 
 Count = at_least(1)
+
+# Upper bounds that no real run reaches, each far above what the reference codes and papers use: a
+# value above one is a typo or an attack, not an experiment (meta.epochs 1e20 was accepted with an ETA
+# of 7e17 minutes; eval.inner_steps 1e9 made predict never answer).
+EPOCHS = int_in(1, 100_000, ": no run needs more epochs (the reference codes train 17 to 200)")
+STEPS = int_in(1, 100_000, ": no run needs more steps (the reference codes take 20 to 100)")
+BATCHES = int_in(1, 1_000_000, ": no run needs more meta-batches")
+BATCH = int_in(1, 65_536, ": no device holds a larger batch")  # images, tasks of a meta-batch, episodes per pass
+# a 95% interval needs two episodes (one reports ± 0.00); the papers test 600, some works 10,000
+EPISODES = int_in(2, 1_000_000, ": a 95% interval needs at least two episodes (one reports ± 0.00), and no "
+                  "test needs more than a million")
 LearningRate = positive(" (a learning rate)")
 Decay = in_range(0, 1, "(]", " (a decay factor)")
 
@@ -107,14 +118,14 @@ RECIPE_KEY = "pretrain.recipe"
 class Pretrain(Section):
     pretraining: ClassVar[bool] = True
     recipe: choice(RECIPES) = "pt"
-    epochs: Count  # this and the fields down to dropout: None or missing takes the recipe's value
-    batch_size: Count
+    epochs: EPOCHS  # this and the fields down to dropout: None or missing takes the recipe's value
+    batch_size: BATCH
     optimizer: Literal["sgd", "adam"]
     lr: LearningRate
     momentum: in_range(0, 1, "[)")
     nesterov: bool
     weight_decay: in_range(0, None)
-    lr_step: Count  # epochs between learning-rate decays
+    lr_step: EPOCHS  # epochs between learning-rate decays
     lr_gamma: Decay
     augment: bool  # random resized crop + horizontal flip
     crop_scale: in_range(0, 1, "(]") = 0.08  # smallest crop area share (torchvision's RandomResizedCrop default)
@@ -127,8 +138,8 @@ class Pretrain(Section):
     val_way: at_least(2) = 5
     val_shot: Count = 1
     val_query: Count = 15
-    val_episodes: Count = 600
-    probe_steps: Count = 100
+    val_episodes: EPISODES = 600
+    probe_steps: STEPS = 100
     probe_lr: LearningRate = 0.01
     checkpoint: str | None = None  # an existing pretrained backbone: skip pretraining
 
@@ -148,15 +159,16 @@ class Meta(Section):
     way: at_least(2, " (a task needs two classes)") = 5
     shot: Count = 1
     query: Count = 15  # query images per class in meta-training tasks
-    epochs: Count = 100
-    batches_per_epoch: Count = 100  # normal meta-batches per epoch (hard ones come on top)
-    meta_batch: Count = 2  # tasks averaged per outer update
+    epochs: EPOCHS = 100
+    batches_per_epoch: BATCHES = 100  # normal meta-batches per epoch (hard ones come on top)
+    meta_batch: BATCH = 2  # tasks averaged per outer update
     inner_lr: LearningRate = 0.01  # on the mean support cross-entropy
-    inner_steps: Count = 20  # inner steps in meta-training (evaluation: eval.inner_steps)
+    inner_steps: STEPS = 20  # inner steps in meta-training (evaluation: eval.inner_steps)
     first_order: bool = False  # True: do not differentiate through the inner loop
     lr_ss: LearningRate = 1e-4  # Adam lr of scale, shift (and BN affine in train_affine mode)
     lr_head: LearningRate = 1e-3  # Adam lr of the head initialisation
-    lr_step: Count = 1000  # outer updates (normal + hard) between decays
+    # outer updates (normal + hard) between decays
+    lr_step: int_in(1, 100_000_000, ": no run takes that many updates") = 1000
     lr_gamma: Decay = 0.5
     lr_floor: in_range(0, None) = 0.0  # no group's lr decays below this
     head_init: choice(HEAD_INITS) = "kaiming"
@@ -166,7 +178,7 @@ class HardTasks(Section):
     """Hard-task meta-batch (docs/algorithm.md §4.3)."""
 
     ratio: in_range(0, 1, "[)", ": the share of hard updates (0 turns them off)") = 1 / 3
-    window: Count = 10  # normal meta-batches whose failure classes are pooled
+    window: BATCHES = 10  # normal meta-batches whose failure classes are pooled
     top_m: Count = 1  # failure classes taken from each task
     min_pool: at_least(0) = 0  # pool size needed to run hard batches (at least meta.way)
 
@@ -181,15 +193,15 @@ class EvalData(Section):
 
 
 class Eval(Section):
-    episodes: Count = 600  # test episodes
+    episodes: EPISODES = 600  # test episodes
     query: Count = 15  # query images per class at evaluation (protocol: standard)
-    inner_steps: Count = 100
-    val_episodes: Count = 600  # size of the fixed validation bank used for model selection
+    inner_steps: STEPS = 100
+    val_episodes: EPISODES = 600  # size of the fixed validation bank used for model selection
     val_every: Count = 1  # meta-train epochs between validations
     protocol: Literal["standard", "paper"] = "standard"  # paper: query = shot, flipped support copies
     # seed of three separate episode banks: the pretraining probe's, meta-validation's, the test episodes
     seed: int = pretraining_field(0)
-    batch_episodes: Count = 32  # episodes evaluated together
+    batch_episodes: BATCH = 32  # episodes evaluated together
     data: EvalData = Field(default_factory=EvalData)  # the test set; default: the training data's test split
 
 

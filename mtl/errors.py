@@ -33,3 +33,15 @@ class DiskFull(MTLError):
     need: int | None = None  # bytes the write needed
     free: int | None = None  # bytes the filesystem had for it
     quota = False  # EDQUOT: the user's quota, not the filesystem, is full
+
+
+SHOWN = 200  # characters of a user's value an error line quotes at most
+
+
+def shown(value: object, limit: int = SHOWN) -> str:
+    """``repr(value)`` for an error line, cut to ``limit`` characters and an ellipsis: a value can be
+    megabytes long (a pasted file, a long list), and the line must stay one readable line."""
+    if isinstance(value, str) and len(value) > limit:
+        value = value[:limit]  # its repr is at least as long: cut before building it
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

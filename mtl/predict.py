@@ -3,7 +3,8 @@
 The support set is a folder ``DIR/<class>/<images>``: two to ``meta.way`` classes, any number
 of images each. As in a test episode, the meta-learned head (its first N rows for N classes)
 adapts to the support features for ``eval.inner_steps`` steps of ``meta.inner_lr``, with
-flipped support copies under ``eval.protocol: paper``; then each query image gets the class of
+flipped support copies under ``eval.protocol: paper`` (the loss summed over all and divided by the
+number of original images, as in evaluation); then each query image gets the class of
 highest probability. Images are read like dataset images (any PIL format and mode, resized to
 the model's ``data.image_size``, normalised as in training).
 """
@@ -97,11 +98,12 @@ def predict(ck: dict[str, Any], cfg: Config, env: Env, support: str | Path,
     with torch.no_grad():
         xs, xq = embed.normalize(xs.to(env.device)), embed.normalize(xq.to(env.device))
         fs, fq = embed.features(xs), embed.features(xq)  # support and query batches apart (batch_stats BN)
+        originals = len(fs)
         if cfg.eval.protocol == "paper":
             fs, labels = torch.cat([fs, embed.features(hflip(xs))]), torch.cat([labels, labels])
         n = len(classes)
-        w, b = adapt_head(fs[None], labels[None], head.weight[:n], head.bias[:n],
-                          steps=cfg.eval.inner_steps, lr=cfg.meta.inner_lr, first_order=True)
+        w, b = adapt_head(fs[None], labels[None], head.weight[:n], head.bias[:n], steps=cfg.eval.inner_steps,
+                          lr=cfg.meta.inner_lr, first_order=True, originals=originals)  # as evaluate()
         prob = torch.softmax(logits(fq[None], w, b)[0], dim=-1).cpu()
     return [Prediction(str(q), classes[int(p.argmax())], float(p.max()), dict(zip(classes, p.tolist())))
             for q, p in zip(query, prob)]

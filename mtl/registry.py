@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from mtl.errors import ConfigError
+from mtl.errors import ConfigError, shown
 
 T = TypeVar("T")
 
@@ -44,9 +44,9 @@ class Registry(Generic[T]):
         """An unknown name raises a ConfigError with close matches and every choice."""
         if name in self._filled():
             return
-        close = difflib.get_close_matches(str(name), self.names(), n=2, cutoff=0.5)
+        close = difflib.get_close_matches(str(name), self.names(), n=2, cutoff=0.5) if len(str(name)) < 100 else []
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown {self.kind} {name!r}{hint} (choose one of {', '.join(self.names())})")
+        raise ConfigError(f"unknown {self.kind} {shown(name)}{hint} (choose one of {', '.join(self.names())})")
 
     def get(self, name: str) -> T:
         self.check(name)

@@ -17,12 +17,11 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
-import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic_core import PydanticCustomError
 
-from mtl.errors import ConfigError
-from mtl.yamlio import DuplicateKeyError, UniqueKeyLoader
+from mtl.errors import ConfigError, shown
+from mtl.yamlio import parse_value
 
 
 class Section(BaseModel):
@@ -172,13 +171,13 @@ def check_key(key: str, root: type[Section], what: str = "config") -> None:
         return
     if key in section_names(root):
         example = next(k for k in keys if k.startswith(key + "."))
-        raise ConfigError(f"{key!r} is a {what} section; set its fields one by one, e.g. {example}=...")
+        raise ConfigError(f"{shown(key)} is a {what} section; set its fields one by one, e.g. {example}=...")
     close = difflib.get_close_matches(key, list(keys), n=3, cutoff=0.6)
     prefix = key.split(".")[0]
     if not close and prefix in root.model_fields:
         close = [k for k in keys if k.startswith(prefix + ".")][:6]
     hint = f"; did you mean {' or '.join(close)}?" if close else f"; valid keys: {', '.join(sorted(keys)[:8])}, ..."
-    raise ConfigError(f"unknown {what} key {key!r}{hint}")
+    raise ConfigError(f"unknown {what} key {shown(key)}{hint}")
 
 
 def flatten(tree: Mapping[str, Any], root: type[Section], prefix: str = "") -> dict[str, Any]:
@@ -189,7 +188,7 @@ def flatten(tree: Mapping[str, Any], root: type[Section], prefix: str = "") -> d
         key = f"{prefix}{k}"
         if key in sections:
             if not isinstance(v, Mapping):
-                raise ConfigError(f"section {key!r} must be a mapping of fields, not {v!r}")
+                raise ConfigError(f"section {shown(key)} must be a mapping of fields, not {shown(v)}")
             flat.update(flatten(v, root, key + "."))
         else:
             flat[key] = v
@@ -248,28 +247,30 @@ _TYPES = {"int": "an int", "float": "a float", "bool": "a bool", "string": "a st
 
 
 def message(err: Mapping[str, Any], what: str = "config") -> str:
-    """One line for pydantic's error ``err``: the dotted key, the value, what it must be."""
+    """One line for pydantic's error ``err``: the dotted key, the value (at most
+    :data:`~mtl.errors.SHOWN` characters of it), what it must be."""
     key = ".".join(str(p) for p in err["loc"])
-    value, kind = err.get("input"), err["type"]
+    key = key if len(key) <= 200 else shown(key)
+    value, kind = shown(err.get("input")), err["type"]
     if kind == "config":
         return err["msg"]
     if kind == "rule":
-        return f"{key} = {value!r} {err['msg']}"
+        return f"{key} = {value} {err['msg']}"
     if kind == "choice":
         return f"{key}: {err['msg']}"
     if kind == "finite_number":
-        return f"{key} = {value!r} must be a finite number"
+        return f"{key} = {value} must be a finite number"
     if kind == "literal_error":
         expected = str(err.get("ctx", {}).get("expected", "")).replace(" or ", ", ")
-        return f"{key} must be one of {expected}, not {value!r}"
+        return f"{key} must be one of {expected}, not {value}"
     base = kind.split("_")[0]
     if base in _TYPES:
-        return f"{key} must be {_TYPES[base]}, not {value!r} ({type(value).__name__})"
+        return f"{key} must be {_TYPES[base]}, not {value} ({type(err.get('input')).__name__})"
     if kind == "extra_forbidden":
-        return f"unknown {what} key {key!r}"
+        return f"unknown {what} key {shown(key)}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"section {key!r} must be a mapping of fields, not {value!r}"
-    return f"{key}: {err['msg']}"
+        return f"section {shown(key)} must be a mapping of fields, not {value}"
+    return f"{key}: {err['msg']}"[:400]
 
 
 
@@ -277,13 +278,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     """``"meta.inner_lr=0.02"`` -> ``("meta.inner_lr", 0.02)``; values are YAML scalars."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"override {text!r} is not of the form key=value, e.g. meta.inner_lr=0.02")
-    try:
-        value = yaml.load(raw, Loader=UniqueKeyLoader) if raw.strip() else None
-    except DuplicateKeyError as e:
-        raise ConfigError(f"override {text!r} repeats the key {e.key!r}; keep one of them") from None
-    except yaml.YAMLError:
-        value = raw
+        raise ConfigError(f"override {shown(text)} is not of the form key=value, e.g. meta.inner_lr=0.02")
+    name = key.strip() if len(key.strip()) <= 200 else key.strip()[:200] + "..."
+    value = parse_value(raw, f"--set {name}") if raw.strip() else None
     return key.strip(), value
 
 

@@ -87,7 +87,7 @@ def test_resume_with_another_config_is_refused(finished):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "mini_1shot", "--set", "data.root=/nonexistent/mini"], "not found under /nonexistent/mini"),
-    (["train", "synthetic", "--set", "meta.inner_steps=0"], "meta.inner_steps = 0 must be at least 1"),
+    (["train", "synthetic", "--set", "meta.inner_steps=0"], "meta.inner_steps = 0 must be in [1, 100000]"),
     (["train", "synthetic", "--set", "meta.shot=100"], "images per class"),
     (["train", "synthetic", "--set", "meta.way=80"], "meta.way = 80 but the train split has only 64 classes"),
     (["train", "nosuchconfig"], "config 'nosuchconfig' not found"),

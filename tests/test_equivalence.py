@@ -58,11 +58,13 @@ def _labels(way, per_class):
     return torch.arange(way).repeat_interleave(per_class)
 
 
-def _plain_adapt(fs, ys, w0, b0, steps, lr, create_graph):
-    """Inner loop on one task with autograd and F.cross_entropy."""
+def _plain_adapt(fs, ys, w0, b0, steps, lr, create_graph, originals=None):
+    """Inner loop on one task with autograd and F.cross_entropy: the loss summed over the support
+    images and divided by ``originals``, the images before flipped copies (default: all, the mean)."""
     w, b = w0, b0
     for _ in range(steps):
-        loss = F.cross_entropy(fs @ w.T + b, ys)
+        lg = fs @ w.T + b
+        loss = F.cross_entropy(lg, ys) if originals is None else F.cross_entropy(lg, ys, reduction="sum") / originals
         gw, gb = torch.autograd.grad(loss, (w, b), create_graph=create_graph)
         w, b = w - lr * gw, b - lr * gb
     return w, b
@@ -95,7 +97,8 @@ def test_batched_evaluation_equals_a_per_episode_loop(setup, shot, flip):
                 fs = torch.cat([fs, model(hflip(xs))])
         lab = torch.cat([ys, ys]) if flip else ys
         with torch.enable_grad():
-            w, b = _plain_adapt(fs, lab, w0.clone().requires_grad_(), b0.clone().requires_grad_(), steps, lr, False)
+            w, b = _plain_adapt(fs, lab, w0.clone().requires_grad_(), b0.clone().requires_grad_(), steps, lr, False,
+                                originals=len(ys) if flip else None)  # the TF code's summed loss / the originals
         lg = (fq @ w.T + b).detach()
         ref = (lg.argmax(1) == yq).float().mean().item()
         if got[i] != pytest.approx(ref, abs=1e-6):

@@ -95,6 +95,31 @@ def test_batched_tasks_are_independent():
     assert torch.allclose(w[2:3], w1, atol=1e-6) and torch.allclose(b[2:3], b1, atol=1e-6)
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_one_step_is_the_tf_codes_step(flip):
+    """The TF code's support loss is CE per image / shot, summed by tf.gradients (tensorflow/utils/misc.py
+    xent), over the N*K support images and, at test, their N*K flipped copies; its step is 0.001. Ours,
+    the summed loss divided by the N*K original images at inner lr 0.001 * N, gives the same head."""
+    N, K, D, tf_lr = 5, 3, 8, 0.001
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(N * K * (2 if flip else 1), D, generator=g, dtype=torch.float64)  # copies: features of their own
+    y = torch.arange(N).repeat_interleave(K).repeat(2 if flip else 1)
+    w0, b0 = torch.randn(N, D, generator=g, dtype=torch.float64), torch.randn(N, generator=g, dtype=torch.float64)
+
+    # TF by hand: logits x w + b, softmax cross-entropy against one-hot labels, / shot, summed
+    w, b = w0.clone().requires_grad_(), b0.clone().requires_grad_()
+    ce = -(F.one_hot(y, N) * torch.log_softmax(f @ w.T + b, dim=1)).sum(1)
+    gw, gb = torch.autograd.grad((ce / K).sum(), (w, b))
+    w_tf, b_tf = w0 - tf_lr * gw, b0 - tf_lr * gb
+
+    w1, b1 = adapt_head(f[None], y[None], w0, b0, steps=1, lr=tf_lr * N, first_order=True, originals=N * K)
+    torch.testing.assert_close(w1[0], w_tf, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(b1[0], b_tf, rtol=1e-12, atol=1e-12)
+    # the mean over all support images: the TF step without copies, half of it with them
+    wm, _ = adapt_head(f[None], y[None], w0, b0, steps=1, lr=tf_lr * N, first_order=True)
+    torch.testing.assert_close(wm[0] - w0, (w_tf - w0) / (2 if flip else 1), rtol=1e-12, atol=1e-12)
+
+
 def test_query_stats_per_class():
     # one task, 3 classes, 2 queries each; predictions: class 0 right twice, class 1 once, class 2 never
     labels = torch.tensor([[0, 0, 1, 1, 2, 2]])

@@ -2,16 +2,20 @@
 problem and the fix, exit status 2, and nothing written (the folder a case runs in is unchanged).
 
 One table: each row builds its input under a fresh folder and runs ``python -m mtl train``,
-``python -m mtl evaluate`` or ``launch/tune.py`` in-process; three rows also run as real
-processes. No row starts Ray or trains: all are refused before either.
+``python -m mtl evaluate``, ``python -m mtl predict`` or ``launch/tune.py`` in-process; some rows
+also run as real processes (the YAML bombs only so). No row starts Ray or trains: all are refused
+before either.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import resource
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +52,42 @@ def _meta_checkpoint(tmp: Path) -> str:
     path = tmp / "meta_state.pt"
     save_checkpoint(path, {"kind": "meta", "config": TRAINED, "current": {}, "best_state": None, "epoch": 1})
     return str(path)
+
+
+def _weights(way: int = 5) -> dict:
+    """The weights of an untrained tiny meta-model as a checkpoint holds them (no data, no training)."""
+    from mtl.models.backbones import create_backbone
+    from mtl.models.head import HeadInit
+    from mtl.models.scale_shift import meta_state, to_scale_shift
+
+    torch.manual_seed(0)
+    model = create_backbone("tiny")
+    backbone = {k: v.clone() for k, v in model.state_dict().items()}
+    to_scale_shift(model, "all", "kernel")
+    head = HeadInit(way, model.out_dim).state_dict()
+    return {"backbone": backbone, "current": {"model": meta_state(model), "head": head}}
+
+
+def _checkpoint(config: object = TRAINED, nan: bool = False) -> Callable[[Path], str]:
+    """A complete meta checkpoint of a 5-way tiny model under ``config`` (edited by hand, say); ``nan``:
+    one weight of its head is NaN."""
+    def make(tmp: Path) -> str:
+        path = tmp / "meta_state.pt"
+        weights = _weights()
+        if nan:
+            weights["current"]["head"]["weight"][0, 0] = float("nan")
+        save_checkpoint(path, {"kind": "meta", "config": config, "best_state": None, "epoch": 1, **weights})
+        return str(path)
+
+    return make
+
+
+def _support(tmp: Path) -> str:
+    return str(_image_folders(tmp) / "train")  # two classes of two images
+
+
+def _query(tmp: Path) -> str:
+    return str(tmp / "imgs" / "test" / "c0" / "0.png")  # made by _support, which comes first
 
 
 def _foreign_keys(tmp: Path) -> str:
@@ -88,10 +128,23 @@ def _resume_of(content: bytes) -> Callable[[Path], str]:
     return make
 
 
+def _bomb(levels: int = 9, width: int = 10) -> str:
+    """A flow list of nested aliases: under 500 bytes that would expand to width ** levels items (10^9:
+    gigabytes and minutes), so that only a refusal before any expansion passes."""
+    parts = ["&a0 [" + ", ".join(["x"] * width) + "]"]
+    parts += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(parts) + "]"
+
+
+BOMB = _bomb()
+DEEP = "[" * 5000 + "]" * 5000  # a list nested 5,000 levels deep (Python's stack holds about 1,000)
+LONG = "[" + ", ".join(["x"] * 20_000) + "]"  # a 60 KB value: the line quotes its first 200 characters
+ALIAS = ["YAML alias *a0 is refused", "expand to gigabytes", "write the value out in full"]
 BINARY = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 LATIN1 = "meta:\n  way: 5  # caf\xe9\n".encode("latin-1")
 DUPLICATE = "meta:\n  way: 5\n  way: 3\n"
-TRAIN, EVALUATE, TUNE = "train", "evaluate", "tune"
+TRAIN, EVALUATE, PREDICT, TUNE = "train", "evaluate", "predict", "tune"
+THREE_WAY = {**TRAINED, "meta": {**TRAINED["meta"], "way": 3}}  # a hand-edited config: the head is 5-way
 
 # case -> (entry point, its arguments (a callable builds a file under the case's folder and gives its
 #          path or an argument), fragments the one line must hold)
@@ -182,7 +235,102 @@ CASES: dict[str, tuple[str, list, list[str]]] = {
     # 10. a symlink loop in a class folder
     "symlink-loop": (TRAIN, ["synthetic", "--set", "data.dataset=folder", "--set", _symlink_loop, "--dry-run"],
                      ["train/c0/loop.png", "Too many levels of symbolic links", "fix or remove the link"]),
+    # 11. YAML aliases and deep nesting (run as processes under a memory bound: see BOMBS), long values
+    "alias-bomb-config": (TRAIN, [_write("c.yaml", f"data:\n  root: {BOMB}\n"), "--dry-run"],
+                          [*ALIAS, "c.yaml at line 2"]),
+    "alias-bomb-spec-config": (TUNE, [_write("spec.yaml", f"config:\n  data: {{root: {BOMB}}}\n{SPEC}")],
+                               [*ALIAS, "spec.yaml at line 2"]),
+    "alias-bomb-spec-name": (TUNE, [_write("spec.yaml", f"name: {BOMB}\n{SPEC}")], [*ALIAS, "spec.yaml at line 1"]),
+    "alias-bomb-set": (TRAIN, ["synthetic", "--set", f"data.root={BOMB}", "--dry-run"],
+                       [*ALIAS, "in --set data.root", "quote it if you meant the text"]),
+    "alias-bomb-sweep-set": (TUNE, [_write("spec.yaml", SPEC), "--set", f"name={BOMB}"], [*ALIAS, "in --set name"]),
+    "deep-nesting": (TRAIN, [_write("c.yaml", f"data:\n  root: {DEEP}\n"), "--dry-run"],
+                     ["YAML nested more than 100 levels deep in", "c.yaml at line 2", "remove the extra nesting"]),
+    "deep-nesting-set": (TRAIN, ["synthetic", "--set", f"data.root={DEEP}", "--dry-run"],
+                         ["YAML nested more than 100 levels deep in --set data.root"]),
+    "long-value": (TRAIN, ["synthetic", "--set", f"data.root={LONG}", "--dry-run"],
+                   ["data.root must be a str, not ['x', 'x', ", "'x',... (list)"]),
+    "long-name-in-yaml": (TUNE, [_write("spec.yaml", f"name: {'n' * 20_000}\n{SPEC}")],
+                          ["sweep name 'nnnnnnnn", "is 20000 characters long", "at most 100"]),
+    # 12. counts no real run reaches, and a single evaluation episode
+    "meta-epochs-huge": (TRAIN, ["synthetic", "--set", "meta.epochs=100000000000000000000"],
+                         ["meta.epochs = 100000000000000000000 must be in [1, 100000]", "no run needs more epochs"]),
+    "lr-step-huge-float": (TRAIN, [_write("c.yaml", "meta: {lr_step: 1.0e+20}\n")],  # a file under TINY's --set
+                           ["meta.lr_step = 1e+20 must be in [1, 100000000]"]),
+    "pretrain-epochs-huge": (TRAIN, ["synthetic", "--set", "pretrain.epochs=1000000"], ["pretrain.epochs = 1000000"]),
+    "batches-per-epoch-huge": (TRAIN, ["synthetic", "--set", "meta.batches_per_epoch=10000000"],
+                               ["meta.batches_per_epoch = 10000000 must be in [1, 1000000]"]),
+    "meta-inner-steps-huge": (TRAIN, ["synthetic", "--set", "meta.inner_steps=1000000"],
+                              ["meta.inner_steps = 1000000 must be in [1, 100000]", "no run needs more steps"]),
+    "eval-inner-steps-huge": (EVALUATE, [_meta_checkpoint, "--set", "eval.inner_steps=1000000000"],
+                              ["eval.inner_steps = 1000000000 must be in [1, 100000]"]),
+    "probe-steps-huge": (TRAIN, ["synthetic", "--set", "pretrain.probe_steps=1000000"],
+                         ["pretrain.probe_steps = 1000000 must be in [1, 100000]"]),
+    "episodes-huge": (EVALUATE, [_meta_checkpoint, "--set", "eval.episodes=10000000"],
+                      ["eval.episodes = 10000000 must be in [2, 1000000]"]),
+    "val-episodes-huge": (TRAIN, ["synthetic", "--set", "eval.val_episodes=10000000"], ["eval.val_episodes = 1000"]),
+    "probe-episodes-huge": (TRAIN, ["synthetic", "--set", "pretrain.val_episodes=10000000"],
+                            ["pretrain.val_episodes = 10000000 must be in [2, 1000000]"]),
+    "batch-size-huge": (TRAIN, ["synthetic", "--set", "pretrain.batch_size=1000000"],
+                        ["pretrain.batch_size = 1000000 must be in [1, 65536]", "no device holds a larger batch"]),
+    "meta-batch-huge": (TRAIN, ["synthetic", "--set", "meta.meta_batch=1000000"], ["meta.meta_batch = 1000000"]),
+    "batch-episodes-huge": (EVALUATE, [_meta_checkpoint, "--set", "eval.batch_episodes=1000000"],
+                            ["eval.batch_episodes = 1000000 must be in [1, 65536]"]),
+    "window-huge": (TRAIN, ["synthetic", "--set", "hard_tasks.window=10000000"], ["hard_tasks.window = 10000000"]),
+    "meta-lr-step-huge": (TRAIN, ["synthetic", "--set", "meta.lr_step=1000000000"],
+                          ["meta.lr_step = 1000000000 must be in [1, 100000000]"]),
+    "pretrain-lr-step-huge": (TRAIN, ["synthetic", "--set", "pretrain.lr_step=1000000"], ["pretrain.lr_step = 10"]),
+    "epochs-huge-in-space": (TUNE, [_space("meta.epochs: {int: [1, 100000000]}")],
+                             ["space meta.epochs", "100000000", "must be in [1, 100000]"]),
+    "one-episode": (EVALUATE, [_meta_checkpoint, "--set", "eval.episodes=1"],
+                    ["eval.episodes = 1 must be in [2, ", "a 95% interval needs at least two episodes", "± 0.00"]),
+    "one-val-episode": (TRAIN, ["synthetic", "--set", "eval.val_episodes=1"], ["eval.val_episodes = 1", "two epis"]),
+    "one-probe-episode": (TRAIN, ["synthetic", "--set", "pretrain.val_episodes=1"], ["pretrain.val_episodes = 1"]),
+    # 13. sweep names, the MLflow URI, a space of too many choices
+    "name-too-long": (TUNE, [_write("spec.yaml", SPEC), "--set", "name=" + "n" * 300],
+                      ["is 300 characters long", "give one of at most 100"]),
+    "name-dot": (TUNE, [_write("spec.yaml", SPEC), "--set", "name=."],
+                 ["sweep name '.' must start with a letter or digit", "--set name=sweep"]),
+    "name-dash": (TUNE, [_write("spec.yaml", SPEC), "--set", "name=-rf"],
+                  ["sweep name '-rf' must start with a letter or digit", "a '-' reads as an option", "--set name=rf"]),
+    "name-slash": (TUNE, [_write("spec.yaml", SPEC), "--set", "name=a/b"],
+                   ["sweep name 'a/b' may hold only letters, digits, '.', '_' and '-'"]),
+    "tracking-uri-bare-word": (TUNE, [_write("spec.yaml", SPEC), "--set", "mlflow.tracking_uri=databricks"],
+                               ["MLflow tracking URI 'databricks' is neither a URI with a scheme nor a path",
+                                "sqlite:///<path>, http:// or https://"]),
+    "choices-too-many": (TUNE, [_space("meta.inner_steps: {choice: [" + ", ".join(map(str, range(1, 10_001))) + "]}")],
+                         ["space meta.inner_steps: choice lists 10000 values", "at most 200", "{int: [low, high]}"]),
+    # 14. evaluate and predict: checkpoints edited by hand or holding bad weights, --out that cannot be written
+    "checkpoint-config-str": (EVALUATE, [_checkpoint("meta: {way: 5}")],
+                              ["meta_state.pt: its config is a str, not a mapping of sections",
+                               "use the meta_state.pt a run or a sweep wrote, unedited"]),
+    "checkpoint-config-invalid": (EVALUATE, [_checkpoint({"meta": {"way": "five"}})],
+                                  ["meta_state.pt: its config does not validate (meta.way must be an int, not 'five'",
+                                   "unedited"]),
+    "checkpoint-weights-misfit": (EVALUATE, [_checkpoint(THREE_WAY)],
+                                  ["meta_state.pt: its weights do not fit the model its config describes",
+                                   "size mismatch for weight", "use the checkpoint as its run wrote it"]),
+    "checkpoint-nan-weights": (EVALUATE, [_checkpoint(nan=True)],
+                               ["meta_state.pt holds non-finite weights (current.head.weight has NaN or inf)",
+                                "use the meta_state.pt of a run that did not diverge"]),
+    "evaluate-out-folder": (EVALUATE, [_meta_checkpoint, "--out", lambda tmp: str(tmp)],
+                            ["is a folder; name a file to write", "eval.json"]),
+    "evaluate-out-under-file": (EVALUATE, [_meta_checkpoint, "--out", lambda t: str(t / "meta_state.pt" / "r.json")],
+                                ["lies under", "meta_state.pt, which is a file, not a folder"]),
+    "predict-config-str": (PREDICT, [_checkpoint("meta: {way: 5}"), "--support", _support, "--query", _query],
+                           ["its config is a str, not a mapping of sections"]),
+    "predict-weights-misfit": (PREDICT, [_checkpoint(THREE_WAY), "--support", _support, "--query", _query],
+                               ["meta_state.pt: its weights do not fit the model its config describes"]),
+    "predict-nan-weights": (PREDICT, [_checkpoint(nan=True), "--support", _support, "--query", _query],
+                            ["holds non-finite weights (current.head.weight has NaN or inf)"]),
+    "predict-out-folder": (PREDICT, [_meta_checkpoint, "--support", _support, "--query", _query,
+                                     "--out", lambda tmp: str(tmp / "imgs")], ["imgs is a folder", "predictions.csv"]),
 }
+
+# rows whose input would take gigabytes and minutes if expanded (or exhaust Python's stack): run as
+# processes (test_bombs_are_refused_by_the_commands_in_bounded_memory), which a timeout can stop
+BOMBS = {"alias-bomb-config", "alias-bomb-spec-config", "alias-bomb-spec-name", "alias-bomb-set",
+           "alias-bomb-sweep-set", "deep-nesting", "deep-nesting-set"}
 
 
 def _sets(items: list[str]) -> list[str]:
@@ -195,7 +343,9 @@ def _argv(case: str, tmp: Path) -> list[str]:
     if entry == TRAIN:  # the tiny sizes first (the row's own --set win): a row that is not refused ends soon
         return ["train", *_sets(TINY), *built, *([] if "--out" in built else ["--out", str(tmp / "out")])]
     if entry == EVALUATE:
-        return ["evaluate", *built, "--out", str(tmp / "eval.json")]
+        return ["evaluate", *built, *([] if "--out" in built else ["--out", str(tmp / "eval.json")])]
+    if entry == PREDICT:
+        return ["predict", *built, "--set", "runtime.device=cpu"]
     return [*built, "--storage", str(tmp / "results")]
 
 
@@ -211,6 +361,7 @@ def _check(case: str, code: int, out: str, err: str, before: dict[str, bytes], t
     for fragment in CASES[case][2]:
         assert fragment in lines[0], (fragment, lines[0])
     assert "weights_only" not in lines[0] and "Traceback" not in err
+    assert len(lines[0]) < 800, lines[0][:3000]  # a user's value is quoted in 200 characters at most
     assert out == ""
     assert _tree(tmp) == before  # nothing written: no out/, no sweep folder, no mlflow.db, no Ray session
 
@@ -225,7 +376,7 @@ def clean_env(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [c for c in CASES if c not in BOMBS])
 def test_bad_input_is_refused_in_one_line(case, clean_env, capsys):
     tmp = clean_env
     argv = _argv(case, tmp)
@@ -235,18 +386,67 @@ def test_bad_input_is_refused_in_one_line(case, clean_env, capsys):
     _check(case, code, captured.out, captured.err, before, tmp)
 
 
+def _command(case: str, tmp: Path) -> tuple[list[str], dict[str, str]]:
+    """The row as a real command line, and its environment (this checkout first on the path)."""
+    argv = _argv(case, tmp)
+    cmd = [str(LAUNCH), *argv] if CASES[case][0] == TUNE else ["-m", "mtl", *argv]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    return [sys.executable, *cmd], env
+
+
+@pytest.mark.parametrize("case", sorted(BOMBS))
+def test_bombs_are_refused_by_the_commands_in_bounded_memory(case, clean_env):
+    """Each bomb row as a process: refused in one line with exit 2 and nothing written, in bounded
+    memory (peak resident set under 1 GiB; its address space is capped at 8 GiB, so an expansion fails
+    instead of filling the machine), and a generous timeout kills it should it hang, failing the test."""
+    tmp = clean_env
+    cmd, env = _command(case, tmp)
+    before = _tree(tmp)
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    cap = 8 << 30 if hard == resource.RLIM_INFINITY else min(8 << 30, hard)
+    limit = f"import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({cap}, {hard})); " \
+            "os.execv(sys.argv[1], sys.argv[1:])"
+    capped = [sys.executable, "-c", limit, *cmd]  # the limit holds across exec
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(capped, cwd=tmp, env=env, stdout=out, stderr=err, text=True)
+        guard = threading.Timer(120, proc.kill)  # a hang guard only: a refusal takes seconds
+        guard.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            guard.cancel()
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    assert code != -9, f"{case}: killed after 120 s"
+    _check(case, code, stdout, stderr, before, tmp)
+    assert usage.ru_maxrss < 1 << 20, f"{case}: peak resident set {usage.ru_maxrss} KiB"  # KiB on Linux
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["config-binary", "spec-duplicate-key", "checkpoint-foreign-object"])
 def test_the_commands_exit_2_with_one_line(case, clean_env):
     tmp = clean_env
-    argv = _argv(case, tmp)
+    cmd, env = _command(case, tmp)
     before = _tree(tmp)
-    cmd = [str(LAUNCH), *argv] if CASES[case][0] == TUNE else ["-m", "mtl", *argv]
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, *cmd], cwd=tmp, env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
+    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600, check=False)
     _check(case, proc.returncode, proc.stdout, proc.stderr, before, tmp)
+
+
+def test_a_failed_claim_removes_the_storage_folders_it_made(tmp_path):
+    """A claim that cannot be taken (here: a lock file name over the file system's 255 bytes) leaves no
+    storage folder behind, nor the parents it made, and one folder that was there stays."""
+    from mtl.errors import ConfigError
+    from mtl.claim import SweepClaim
+
+    with pytest.raises(ConfigError, match="cannot claim sweep"):
+        SweepClaim(tmp_path / "a" / "results", "n" * 300).acquire()
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(ConfigError, match="cannot claim sweep"):
+        SweepClaim(tmp_path / "kept" / "results", "n" * 300).acquire()
+    assert [p.name for p in tmp_path.rglob("*")] == ["kept"]
 
 
 def test_non_image_files_are_skipped_with_one_warning_per_split(tmp_path, capsys, caplog):

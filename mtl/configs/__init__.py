@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from mtl.config import Config, merge_layers, recipe_note
-from mtl.errors import ConfigError
+from mtl.errors import ConfigError, shown
 from mtl.files import write_text_atomic
 from mtl.schema import as_mapping, flatten, load
 from mtl.yamlio import read_yaml
@@ -38,7 +38,7 @@ def find_config(name_or_path: str | Path) -> Path:
         packaged = resources.files(__name__) / f"{name}.yaml"
         if packaged.is_file():
             return Path(str(packaged))
-    raise ConfigError(f"config {str(name_or_path)!r} not found: give a YAML file path or one of "
+    raise ConfigError(f"config {shown(str(name_or_path))} not found: give a YAML file path or one of "
                       f"{', '.join(packaged_configs())}")
 
 
@@ -53,7 +53,7 @@ def _file_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]
     if base is None:
         return [own]
     if not isinstance(base, str):
-        raise ConfigError(f"'base' in {path} must be a config name or path, not {base!r}")
+        raise ConfigError(f"'base' in {path} must be a config name or path, not {shown(base)}")
     base_path = (path.parent / base) if (path.parent / base).is_file() else find_config(base)
     return [*_file_layers(base_path, seen + (path,)), own]
 

@@ -34,7 +34,7 @@ import numpy as np
 from mtl.data.decode import IMAGE_EXTENSIONS, ArrayDecoder, FileDecoder, is_image_name
 from mtl.data.splits import FORMAT_VERSION, Decoder
 from mtl.data.unpickle import load_pickle
-from mtl.errors import DataError
+from mtl.errors import DataError, shown
 
 Listing = tuple[list[str], list[int], Decoder]
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def mini_csv_source(root: Path, split: str, size: int) -> Source:
         reader = csv.reader(io.StringIO(raw.decode("utf-8-sig")))
         header = next(reader, None)
         if header is None or [c.strip().lower() for c in header] != ["filename", "label"]:
-            raise DataError(f"{csv_path} line 1: header must be 'filename,label', not {header!r}")
+            raise DataError(f"{csv_path} line 1: header must be 'filename,label', not {shown(header)}")
         by_class: dict[str, list[str]] = {}
         h = hasher("mini-csv", split, size)
         h.update(hashlib.sha256(raw).digest())
@@ -159,7 +159,7 @@ def mini_csv_source(root: Path, split: str, size: int) -> Source:
             if not row or not "".join(row).strip():
                 continue
             if len(row) != 2 or not row[0].strip() or not row[1].strip():
-                raise DataError(f"{csv_path} line {line}: expected 'filename,label', got {','.join(row)!r}")
+                raise DataError(f"{csv_path} line {line}: expected 'filename,label', got {shown(','.join(row))}")
             fname, label = row[0].strip(), row[1].strip()
             path = image_dir / fname
             try:

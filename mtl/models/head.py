@@ -53,22 +53,29 @@ def adapt_head(
     steps: int,
     lr: float,
     first_order: bool,
+    originals: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``steps`` plain gradient steps on the mean support cross-entropy, for B tasks at once.
+    """``steps`` plain gradient steps on the support cross-entropy, for B tasks at once.
 
     feats ``[B, n, D]`` (float32), labels ``[B, n]`` in ``[0, way)``, w0 ``[way, D]`` or
     ``[B, way, D]``, b0 ``[way]`` or ``[B, way]``. Returns adapted ``w [B, way, D]``, ``b [B, way]``.
 
+    The loss is the cross-entropy summed over the ``n`` support images and divided by ``originals``,
+    the number of original support images (default ``n``: the mean). Where flipped copies double
+    the support set (``eval.protocol: paper``), ``originals = n / 2`` keeps the TF code's step:
+    it sums over every image, copies included, and divides by the shot, so a copy adds a step
+    rather than halving each image's weight (docs/algorithm.md §3.2).
+
     The bias is folded into an augmented weight ``A = [w | b]`` acting on ``[F | 1]``, and the
-    constant half of the gradient, ``(lr / n) Y^T [F | 1]``, is computed once, so a step is
-    ``A <- A + C - softmax([F | 1] A^T)^T (lr / n) [F | 1]``: four kernels instead of a dozen,
+    constant half of the gradient, ``(lr / m) Y^T [F | 1]`` (m = ``originals``), is computed once, so a
+    step is ``A <- A + C - softmax([F | 1] A^T)^T (lr / m) [F | 1]``: four kernels instead of a dozen,
     which is what bounds the inner loop on a GPU (see mtl/bench).
     """
     B, n, D = feats.shape
     way = w0.shape[-2]
     f = feats.detach() if first_order else feats
     fa = torch.cat([f, f.new_ones(B, n, 1)], dim=2)  # [B, n, D + 1]
-    fs = fa * (lr / n)
+    fs = fa * (lr / (originals or n))
     c = torch.bmm(F.one_hot(labels, way).to(feats.dtype).transpose(1, 2), fs)  # [B, way, D + 1]
     a0 = torch.cat([w0.expand(B, way, D), b0.expand(B, way).unsqueeze(2)], dim=2)
     if first_order:

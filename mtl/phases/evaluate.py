@@ -111,7 +111,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Mean query accuracy over ``episodes`` with its 95% CI, and the per-episode accuracies.
 
-    The caller puts the model in evaluation mode. ``w0, b0`` initialise every episode's head.
+    The caller puts the model in evaluation mode. ``w0, b0`` initialise every episode's head. With
+    ``flip_support`` the head adapts on the support loss summed over the images and their flipped
+    copies and divided by the number of original images, as the TF code (``lr`` applies to that).
     """
     accs = []
     dev = embed.env.device
@@ -120,8 +122,8 @@ def evaluate(
         for i in range(0, len(episodes), batch_episodes):
             eps = episodes[i : i + batch_episodes]
             fs, fq = embed(source, eps, flip_support)
-            w, b = adapt_head(fs, support_labels(eps, flip_support, dev), w0, b0,
-                              steps=steps, lr=lr, first_order=True)
+            w, b = adapt_head(fs, support_labels(eps, flip_support, dev), w0, b0, steps=steps, lr=lr,
+                              first_order=True, originals=eps.support.shape[1])  # flipped copies add steps
             stats = query_stats(logits(fq, w, b), eps.labels(eps.n_query, dev), eps.way)
             accs.append(stats["acc"])
     acc = torch.cat(accs).cpu()
@@ -150,8 +152,14 @@ def meta_model(ck: dict[str, Any], cfg: Config, env: Env) -> tuple[Embedder, Hea
     model = build_meta_model(cfg.model, env, ck["backbone"])
     head = HeadInit(cfg.meta.way, model.out_dim, init="zeros").to(env.device)  # loaded below; draws no RNG
     state = ck["best_state"] or ck["current"]
-    load_meta_state(model, state["model"])
-    head.load_state_dict(state["head"])
+    try:  # a hand-edited config (meta.way 3 on a 5-way head) or state: one line, not a traceback
+        load_meta_state(model, state["model"])
+        head.load_state_dict(state["head"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        why = " ".join(line.strip() for line in str(e).splitlines()[:2])[:300]
+        raise CheckpointError(f"its weights do not fit the model its config describes ({type(e).__name__}: "
+                              f"{why}); its config's model.* and meta.way must be those it was trained with: use "
+                              "the checkpoint as its run wrote it") from None
     set_bn_mode(model, cfg.model.bn_mode, training=False)
     embed = Embedder(model, Normalize(cfg.data.normalization, env.device, env.channels_last), env)
     return embed, head

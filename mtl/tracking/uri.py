@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mtl.errors import ConfigError
+from mtl.errors import ConfigError, shown
 
 _SCHEMES = "sqlite:///<path>, http:// or https://"
 
@@ -20,7 +20,8 @@ def resolve_tracking_uri(uri: str | None) -> str:
     None means ``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<cwd>/mlflow.db`` (MLflow's own
     default: an embedded store, no server). A relative SQLite path is made absolute against the
     current directory, because trials and resumed drivers may run elsewhere. ``file:`` URIs and
-    bare paths name MLflow's file store, which MLflow 3 refuses (maintenance mode).
+    bare paths name MLflow's file store, which MLflow 3 refuses (maintenance mode); a bare word that
+    is no path (``databricks``) is no URI this project supports.
     """
     if uri is None or not uri.strip():
         uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip() or None
@@ -28,15 +29,28 @@ def resolve_tracking_uri(uri: str | None) -> str:
         return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
     uri = uri.strip()
     scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    if not scheme and not _path_like(uri):  # a bare word, e.g. databricks: no scheme, no folder of that name
+        raise ConfigError(f"MLflow tracking URI {shown(uri)} is neither a URI with a scheme nor a path; "
+                          f"use {_SCHEMES}")
     if scheme == "file" or not scheme or len(scheme) == 1:  # len 1: a Windows drive letter
         raise ConfigError(
-            f"MLflow tracking URI {uri!r} names MLflow's file store, which MLflow 3 no longer "
+            f"MLflow tracking URI {shown(uri)} names MLflow's file store, which MLflow 3 no longer "
             f"accepts (maintenance mode); use sqlite:///<absolute path>/mlflow.db or an "
             f"http(s):// tracking server")
     if scheme == "sqlite":
         path, query = sqlite_path(uri)
         return f"sqlite:///{path}{query}"
     return uri
+
+
+def _path_like(text: str) -> bool:
+    """Whether scheme-less ``text`` reads as a path: it has a separator, starts with '.' or '~', or exists."""
+    if "/" in text or os.sep in text or text.startswith((".", "~")):
+        return True
+    try:
+        return Path(text).exists()
+    except OSError:  # e.g. a name too long for the file system
+        return False
 
 
 def sqlite_path(uri: str) -> tuple[Path, str]:

@@ -2,7 +2,7 @@
 
 ``space:`` in a spec maps config keys to ``{kind: [args]}``: ``uniform``/``loguniform`` [low,
 high], ``quniform``/``qloguniform`` [low, high, step], ``int``/``logint`` [low, high] (inclusive),
-``choice`` [values...]. Every argument is a finite number (``choice`` values may be anything the
+``choice`` [values...] (at most 200). Every argument is a finite number (``choice`` values may be anything the
 key takes), and every bound or choice must be a value the base config accepts for its key, so a
 value a trial would reject (an unknown backbone, a learning rate of 0) fails at spec load, naming
 the space key.
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mtl.config import Config, check_key, field_type
-from mtl.errors import ConfigError
+from mtl.errors import ConfigError, shown
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ def _number(x: Any) -> bool:
 
 DIST_ARITY = {"uniform": 2, "loguniform": 2, "quniform": 3, "qloguniform": 3, "int": 2, "logint": 2}
 DISTS = (*DIST_ARITY, "choice")
+MAX_CHOICES = 200  # values of one choice: far more than a sweep's trials can try; each is checked by building a config
 
 
 def parse_space(raw: Any, base: Config, path: Path) -> dict[str, Dist]:
@@ -69,7 +70,7 @@ def parse_space(raw: Any, base: Config, path: Path) -> dict[str, Dist]:
         try:
             check_key(key)
         except ConfigError as e:
-            raise ConfigError(f"space key {key!r} is not a config field: {e}") from None
+            raise ConfigError(f"space key {shown(key)} is not a config field: {e}") from None
         dist = _parse_dist(key, d)
         if not _takes_fractions(field_type(key)) and (
                 dist.kind in ("uniform", "loguniform")
@@ -82,7 +83,8 @@ def parse_space(raw: Any, base: Config, path: Path) -> dict[str, Dist]:
             try:
                 base.with_overrides({key: v})
             except ConfigError as e:
-                raise ConfigError(f"space {key}: value {v!r} of its {dist.kind} distribution is invalid ({e})") from None
+                raise ConfigError(f"space {key}: value {shown(v)} of its {dist.kind} distribution is invalid "
+                                  f"({e})") from None
         space[key] = dist
     return space
 
@@ -99,20 +101,23 @@ def _parse_dist(key: str, d: Any) -> Dist:
         raise ConfigError(usage)
     kind, args = next(iter(d.items()))
     if kind not in DISTS:
-        raise ConfigError(f"space {key}: unknown distribution {kind!r}; use one of {', '.join(DISTS)}")
+        raise ConfigError(f"space {key}: unknown distribution {shown(kind)}; use one of {', '.join(DISTS)}")
     if not isinstance(args, list) or not args:
         raise ConfigError(f"space {key}: {kind} needs a non-empty list of arguments")
     if kind == "choice":
+        if len(args) > MAX_CHOICES:  # before each value is checked against the config (a config build each)
+            raise ConfigError(f"space {key}: choice lists {len(args)} values; give at most {MAX_CHOICES} (a search "
+                              "draws a few dozen trials), or a range: {int: [low, high]} or {uniform: [low, high]}")
         bad = [a for a in args if isinstance(a, float) and not math.isfinite(a)]
         if bad:
-            raise ConfigError(f"space {key}: choice values must be finite, got {bad[0]!r} in {args}")
+            raise ConfigError(f"space {key}: choice values must be finite, got {bad[0]!r} in {shown(args)}")
         return Dist(kind, tuple(args))
     n = DIST_ARITY[kind]
     if len(args) != n:
         what = "[low, high, step]" if n == 3 else "[low, high]"
-        raise ConfigError(f"space {key}: {kind} takes {what}, got {args}")
+        raise ConfigError(f"space {key}: {kind} takes {what}, got {shown(args)}")
     if not all(_number(a) for a in args):
-        raise ConfigError(f"space {key}: {kind} arguments must be numbers, got {args}")
+        raise ConfigError(f"space {key}: {kind} arguments must be numbers, got {shown(args)}")
     if not all(math.isfinite(a) for a in args):
         raise ConfigError(f"space {key}: {kind} arguments must be finite numbers (no .inf or .nan), got {args}")
     lo, hi = args[0], args[1]

@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 
 from mtl.config import Config
 from mtl.configs import find_config, load_config
-from mtl.errors import ConfigError
+from mtl.errors import ConfigError, shown
 from mtl.metrics import optimisable
 from mtl.schema import Float, Int, Section, as_mapping, at_least, fail, in_range, load, positive, satisfies
 from mtl.tune.space import Dist, parse_space
@@ -159,7 +159,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
     doc = read_yaml(path, "sweep spec", "base: synthetic with a space: mapping (see search_spaces/smoke.yaml)")
     for k in doc:
         if k not in SPEC_KEYS:
-            raise ConfigError(f"unknown sweep spec key {k!r} in {path}; valid keys: {', '.join(SPEC_KEYS)}")
+            raise ConfigError(f"unknown sweep spec key {shown(k)} in {path}; valid keys: {', '.join(SPEC_KEYS)}")
     spec_over, cfg_over = {}, {}
     for k, v in as_mapping(overrides).items():
         (spec_over if k.split(".")[0] in SPEC_KEYS else cfg_over)[k] = v
@@ -172,8 +172,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
     settings_tree = {k: doc[k] for k in ("name", "base", "storage", "tune", "resources", "mlflow") if k in doc}
     settings: SweepSettings = load(SweepSettings, settings_tree, spec_over, what="sweep spec")
     name = path.stem if settings.name is None else settings.name
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ConfigError(f"sweep name {name!r} may hold only letters, digits, '.', '_' and '-'")
+    check_name(name)
 
     base = _load_base(path, settings.base, doc.get("config") or {}, cfg_over)
     space = parse_space(doc.get("space"), base, path)
@@ -183,7 +182,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
                           "report must hold the metric); set eval.val_every=1, or tune.metric=best_val_acc")
     if "://" in settings.storage and not settings.storage.startswith("file://"):
         raise ConfigError(
-            f"storage {settings.storage!r}: use a filesystem path that every node sees (local disk, NFS); "
+            f"storage {shown(settings.storage)}: use a filesystem path that every node sees (local disk, NFS); "
             "the shared pretraining cache needs file locks, which object stores lack")
     settings = _replace_storage(settings)
     spec = SweepSpec(name=name, base=base, space=space, settings=settings, source=str(path))
@@ -195,6 +194,27 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
     return spec
 
 
+MAX_NAME = 100  # characters of a sweep name: it names folders and files (.<name>.claim), which hold 255 bytes
+
+
+def check_name(name: str) -> None:
+    """A sweep name names folders and an MLflow experiment: up to :data:`MAX_NAME` letters, digits,
+    '.', '_' and '-', the first a letter or digit (a leading '.' hides the folder, a '-' reads as an option)."""
+    rule = f"letters, digits, '.', '_' and '-', starting with a letter or digit, at most {MAX_NAME} characters"
+    if not name:
+        raise ConfigError(f"sweep name '' is empty; give a name of {rule}")
+    if len(name) > MAX_NAME:
+        raise ConfigError(f"sweep name {shown(name, 40)} is {len(name)} characters long; give one of at most "
+                          f"{MAX_NAME} (--set name=...)")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]*", name):
+        raise ConfigError(f"sweep name {shown(name)} may hold only letters, digits, '.', '_' and '-'; give a name of "
+                          f"{rule}")
+    if not re.match(r"[A-Za-z0-9]", name):
+        fix = name.lstrip("._-") or "sweep"
+        raise ConfigError(f"sweep name {shown(name)} must start with a letter or digit (a leading '.' hides its "
+                          f"folder, a '-' reads as an option); e.g. --set name={fix}")
+
+
 def _check_baseline(spec: SweepSpec) -> None:
     """The baseline trial is the base config itself: each space key's base value must be one the
     searcher could draw. Rejected rather than skipped, so that a sweep never silently loses the
@@ -203,8 +223,8 @@ def _check_baseline(spec: SweepSpec) -> None:
         value = spec.base.get(key)
         if not dist.contains(value):
             raise ConfigError(
-                f"space {key}: the base config's value {value!r} lies outside {dist.kind}{list(dist.args)}, so the "
-                f"baseline trial (the base config, run first) cannot be proposed; widen the range, set {key} "
+                f"space {key}: the base config's value {shown(value)} lies outside {dist.kind}{list(dist.args)}, so "
+                f"the baseline trial (the base config, run first) cannot be proposed; widen the range, set {key} "
                 "inside it in the spec's config:, or set tune.baseline: false")
 
 
