@@ -218,7 +218,7 @@ def _report(args: argparse.Namespace) -> int:
     print(f"report: {path}")
     link = summary.mlflow
     if not args.no_mlflow and link is not None and link.parent_run_id:
-        from mtl.tracking.mlflow import attach
+        from mtl.tracking.runlog import attach
 
         try:
             attach(link.tracking_uri, link.parent_run_id, REPORT_FILE, path)

@@ -7,11 +7,8 @@ dotted overrides such as ``meta.inner_lr=0.02`` (:func:`load_config`, in :mod:`m
 An unknown key, a wrong type or an impossible value raises :class:`~mtl.errors.ConfigError`
 with one line that names the key and the fix.
 
-Pretraining fields left ``None`` are filled from the chosen recipe (``pt``: the official
-PyTorch code's recipe; ``tf``: the TensorFlow code's, docs/algorithm.md §2), so the resolved
-config written next to a result states every number that was used. A recipe switch resolves the
-same way on every path that builds a config (:func:`merge_layers`): a YAML file and the files of
-its ``base:`` chain, ``--set``, a sweep's ``config:`` and ``space``, :meth:`Config.with_overrides`.
+Pretraining fields left ``None`` are filled from the chosen recipe (:mod:`mtl.recipes`), so the
+resolved config written next to a result states every number that was used.
 Fields that change what pretraining produces are marked (:func:`~mtl.schema.pretraining_field`,
 or a section's ``pretraining = True``); :func:`pretraining_keys` lists them and the pretraining
 cache key is derived from them.
@@ -23,6 +20,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from mtl.errors import ConfigError
+from mtl.recipes import DEFAULT_RECIPE, merge_layers
 from mtl.registry import BACKBONES, DATASETS, HEAD_INITS, NORMALIZATIONS, RECIPES
 from mtl.schema import (
     Section,
@@ -101,23 +99,9 @@ class Model(Section):
     scale_granularity: Literal["kernel", "channel"] = "kernel"  # Cout x Cin x 1 x 1, or Cout x 1 x 1 x 1 ablation
 
 
-# The official PyTorch code (run_pre.py, models/mtl.py; docs/algorithm.md §2): SGD Nesterov, step
-# decay, crop + flip, an MLP pretraining head, the best epoch by few-shot probe.
-RECIPES.register("pt")(dict(epochs=110, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
-                            weight_decay=5e-4, lr_step=30, lr_gamma=0.2, augment=True, dropout=0.0, head="mlp",
-                            selection="best"))
-# The TF code: Adam 1e-3 halved every 5k iterations, batch 64, the 10k-iteration snapshot (no
-# selection), dropout 0.1 (keep 0.9), no augmentation, a linear head. In epochs of miniImageNet's
-# 38,400 images: 10k it. = 16.7, 5k it. = 8.3.
-RECIPES.register("tf")(dict(epochs=17, batch_size=64, optimizer="adam", lr=1e-3, momentum=0.9, nesterov=False,
-                            weight_decay=0.0, lr_step=8, lr_gamma=0.5, augment=False, dropout=0.1, head="linear",
-                            selection="last"))
-RECIPE_KEY = "pretrain.recipe"
-
-
 class Pretrain(Section):
     pretraining: ClassVar[bool] = True
-    recipe: choice(RECIPES) = "pt"
+    recipe: choice(RECIPES) = DEFAULT_RECIPE
     epochs: EPOCHS  # this and the fields down to dropout: None or missing takes the recipe's value
     batch_size: BATCH
     optimizer: Literal["sgd", "adam"]
@@ -148,7 +132,7 @@ class Pretrain(Section):
     def _from_recipe(cls, values: Any) -> Any:
         if not isinstance(values, Mapping):
             return values
-        recipe = values.get("recipe", "pt")
+        recipe = values.get("recipe", DEFAULT_RECIPE)
         if not isinstance(recipe, str) or recipe not in RECIPES:
             return values  # the recipe field reports it
         filled = {k: v for k, v in RECIPES.get(recipe).items() if values.get(k) is None}
@@ -239,41 +223,6 @@ class Config(Section):
         """A new validated config with dotted overrides applied as one layer over this config
         (:func:`merge_layers`: a recipe switch moves the fields that hold the old recipe's values)."""
         return load(Config, {}, merge_layers([flatten(self.to_dict(), Config), as_mapping(overrides)]))
-
-
-def merge_layers(layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Dotted layers, lowest first (a base file, the file, a sweep's ``config:``, ``--set``, a
-    trial's searched values), merged into one: a later layer's value wins.
-
-    A layer that changes ``pretrain.recipe`` also moves every recipe field that still holds the
-    previous recipe's value, and is not set in that layer, to the new recipe's value. A resolved
-    config carries no history, so "came from the recipe" can only mean "equals the recipe's value";
-    applying the rule at every layer boundary makes every path agree. A value set on purpose
-    stays, unless it equals the old recipe's: then set it again in the layer that switches.
-    """
-    default = Pretrain.model_fields["recipe"].default
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        old = merged.get(RECIPE_KEY, default)
-        new = layer.get(RECIPE_KEY, old)
-        if new != old and isinstance(old, str) and old in RECIPES:
-            for k, v in RECIPES.get(old).items():
-                key = f"pretrain.{k}"
-                if key not in layer and key in merged and merged[key] == v:
-                    del merged[key]  # the new recipe fills it
-        merged.update(layer)
-    return merged
-
-
-def recipe_note(cfg: Config) -> str:
-    """One line on where the recipe fields of a resolved config came from (``--dry-run``, the head
-    of a saved config.yaml): those that hold the recipe's values, and those set otherwise."""
-    p = cfg.pretrain
-    values = RECIPES.get(p.recipe)
-    same = [k for k, v in values.items() if p.get(k) == v]
-    other = [f"{k}={p.get(k)}" for k in values if k not in same]
-    return (f"pretrain.recipe {p.recipe} supplies {', '.join(same) or 'no field'}"
-            + (f"; set otherwise: {', '.join(other)}" if other else ""))
 
 
 def config_from_dict(tree: Mapping[str, Any]) -> Config:

@@ -196,8 +196,7 @@ class Entry:
 class PretrainCache:
     def __init__(self, root: str | Path, fix: str = SWEEP_FIX) -> None:
         self.root = Path(root)
-        self.store = Store(self.root, "pretraining cache", fix,
-                           complete=lambda entry: (entry / "backbone.pt").is_file())
+        self.store = Store(self.root, "pretraining cache", fix)
 
     def lookup(self, key: str) -> Entry | None:
         d = self.store.get(key)

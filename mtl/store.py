@@ -57,13 +57,12 @@ class Store:
     when ``root`` cannot be written) make the ``error`` raised for an unwritable root;
     ``space_fix``: what to do when its filesystem is full (:class:`~mtl.errors.DiskFull`).
 
-    ``complete(entry)`` says whether a published folder is usable; the default checks the
-    marker; a store with folders published before the marker existed passes its own test.
+    A published folder is usable when it holds the completion marker.
     """
 
     def __init__(self, root: str | Path, what: str, fix: str, error: type[MTLError] = MTLError,
-                 complete: Callable[[Path], bool] = has_marker, space_fix: str = RESUME_FIX) -> None:
-        self.root, self.what, self.fix, self.error, self.complete = Path(root), what, fix, error, complete
+                 space_fix: str = RESUME_FIX) -> None:
+        self.root, self.what, self.fix, self.error = Path(root), what, fix, error
         self.space_fix = space_fix
 
     def path(self, key: str) -> Path:
@@ -78,7 +77,7 @@ class Store:
         """The entry of ``key`` if it is published and complete, else None; never locks or raises."""
         entry = self.path(key)
         try:
-            return entry if entry.is_dir() and self.complete(entry) else None
+            return entry if entry.is_dir() and has_marker(entry) else None
         except OSError:
             return None
 
@@ -131,8 +130,7 @@ class Store:
             raise self.error(f"cannot write the {self.what} at {self.root} ({e.strerror or e}); {self.fix}") from None
 
     def _remove_stale(self, key: str) -> None:
-        # ".<key>.tmp-*" from crashed builders; "<key>.tmp-*" from builders older than this store
-        for stale in [*self.root.glob(f".{key}.tmp-*"), *self.root.glob(f"{key}.tmp-*")]:
+        for stale in self.root.glob(f".{key}.tmp-*"):  # from crashed builders
             log.info("removing %s left by an interrupted build", stale)
             _remove(stale)
         entry = self.path(key)

@@ -20,7 +20,7 @@ def _over(name):
 
 def _expected_switch(before, new):
     """What a switch of ``before`` to recipe ``new`` must give, field by field (written out here,
-    independently of mtl.config.merge_layers)."""
+    independently of mtl.recipes.merge_layers)."""
     tree = before.to_dict()
     old = RECIPES.get(before.pretrain.recipe)
     for k, v in RECIPES.get(new).items():

@@ -2,7 +2,7 @@
 
 :func:`load_config` merges in one documented order: field defaults < the file (and the files
 its ``base:`` names, nearest last) < dotted overrides. Each file and the overrides are layers of
-:func:`mtl.config.merge_layers`, so a recipe switch in any of them moves the fields that still
+:func:`mtl.recipes.merge_layers`, so a recipe switch in any of them moves the fields that still
 hold the previous recipe's values. Every key and value is checked (:mod:`mtl.schema`); the
 resolved config is what :func:`save_config` writes next to a result.
 """
@@ -16,9 +16,10 @@ from typing import Any
 
 import yaml
 
-from mtl.config import Config, merge_layers, recipe_note
+from mtl.config import Config
 from mtl.errors import ConfigError, shown
 from mtl.files import write_text_atomic
+from mtl.recipes import merge_layers, recipe_note
 from mtl.schema import as_mapping, flatten, load
 from mtl.yamlio import read_yaml
 

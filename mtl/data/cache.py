@@ -115,7 +115,7 @@ def decode_into(decoder: Decoder, out: np.ndarray, progress: bool, desc: str,
 
 def _store(root: Path) -> Store:
     return Store(root, "data cache", "set data.cache_dir (or MTL_CACHE_DIR) to a writable folder", DataError,
-                 complete=lambda entry: (entry / "meta.json").is_file(), space_fix=AGAIN_FIX)
+                 space_fix=AGAIN_FIX)
 
 
 def _open_images(path: Path, shape: tuple[int, ...]) -> np.memmap:

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from mtl.compat import VIEW_TAG_PREFIX, experiment_ui_tags, saved_view
+from mtl.compat import VIEW_TAG_PREFIX, saved_view
 from mtl.errors import ConfigError
 from mtl.results import Outcome, TrialInfo
 from mtl.tracking.runlog import (
     NOTE_TAG,
     description_markdown,
+    experiment,
     flatten_params,
     log_artifact,
     log_params_once,
@@ -42,7 +43,7 @@ from mtl.tracking.runlog import (
     trial_run_name,
     view_columns,
 )
-from mtl.tracking.uri import creation_lock, sqlite_path
+from mtl.tracking.uri import creation_lock
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -182,26 +183,8 @@ class SweepTracker:
         return self.parent_run_id
 
     def _experiment(self) -> tuple[str, dict[str, str]]:
-        """Id and tags of the experiment, created if missing and tagged for the UI. On a SQLite
-        store it gets an absolute artifact location; otherwise a run's artifacts land wherever the
-        creating process happened to run."""
         with creation_lock(self.tracking_uri):
-            client = self.client
-            exp = client.get_experiment_by_name(self.experiment)
-            if exp is not None:
-                if exp.lifecycle_stage != "active":
-                    raise ConfigError(
-                        f"MLflow experiment {self.experiment!r} is deleted; restore it (mlflow "
-                        f"experiments restore --experiment-id {exp.experiment_id}) or pick another name")
-                for k, v in experiment_ui_tags(exp.tags, self.metric).items():
-                    client.set_experiment_tag(exp.experiment_id, k, v)
-                return exp.experiment_id, exp.tags
-            location = None
-            if self.tracking_uri.lower().startswith("sqlite:"):
-                root = self.artifact_root or sqlite_path(self.tracking_uri)[0].parent / "mlruns"
-                location = (root / slug(self.experiment)).as_uri()
-            tags = experiment_ui_tags({}, self.metric)
-            return client.create_experiment(self.experiment, artifact_location=location, tags=tags), tags
+            return experiment(self.client, self.experiment, self.tracking_uri, self.metric, self.artifact_root)
 
     def finish(self, metrics: Mapping[str, float], *, artifacts: Mapping[str, Path] | None = None,
                figures: Mapping[str, Figure] | None = None, status: str = "FINISHED", best_trial: str | None = None,
@@ -314,10 +297,3 @@ class SweepTracker:
             return
         log_values(self.client, run_id, tags={"outcome": outcome, **({"error": error} if error else {})})
         self.client.set_terminated(run_id, "FAILED" if outcome in ("errored", "diverged") else "FINISHED")
-
-
-def attach(tracking_uri: str, run_id: str, dest: str, path: Path) -> None:
-    """Log a file (a rewritten report.html) to a run that has ended."""
-    from mlflow import MlflowClient
-
-    log_artifact(MlflowClient(tracking_uri), run_id, dest, path)

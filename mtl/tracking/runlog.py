@@ -21,10 +21,12 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mtl.compat import mlflow_limits
+from mtl.compat import experiment_ui_tags, mlflow_limits
+from mtl.errors import ConfigError
 from mtl.metrics import METRICS, is_number, names
 from mtl.results import TrialInfo
 from mtl.schema import dotted
+from mtl.tracking.uri import sqlite_path
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -45,6 +47,28 @@ RAY_RESULT_KEYS = frozenset({
 @cache
 def limits() -> dict[str, int]:
     return mlflow_limits()
+
+
+def experiment(client: MlflowClient, name: str, tracking_uri: str, metric: str, artifact_root: Path | None
+               ) -> tuple[str, dict[str, str]]:
+    """Id and tags of the experiment ``name``, created if missing and tagged for the UI (its runs
+    view, ``metric`` first). On a SQLite store it gets an absolute artifact location (``artifact_root``,
+    by default ``mlruns`` beside the database); otherwise a run's artifacts land wherever the
+    creating process happened to run."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage != "active":
+            raise ConfigError(f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore "
+                              f"--experiment-id {exp.experiment_id}) or pick another name")
+        for k, v in experiment_ui_tags(exp.tags, metric).items():
+            client.set_experiment_tag(exp.experiment_id, k, v)
+        return exp.experiment_id, exp.tags
+    location = None
+    if tracking_uri.lower().startswith("sqlite:"):
+        root = artifact_root or sqlite_path(tracking_uri)[0].parent / "mlruns"
+        location = (root / slug(name)).as_uri()
+    tags = experiment_ui_tags({}, metric)
+    return client.create_experiment(name, artifact_location=location, tags=tags), tags
 
 
 def flatten_params(params: Mapping[str, object]) -> dict[str, str]:
@@ -177,6 +201,13 @@ def log_artifact(client: MlflowClient, run_id: str, dest: str, local: Path) -> N
     with tempfile.TemporaryDirectory() as tmp:  # log under the requested file name
         shutil.copy2(local, Path(tmp, name))
         client.log_artifact(run_id, str(Path(tmp, name)), artifact_path=folder or None)
+
+
+def attach(tracking_uri: str, run_id: str, dest: str, path: Path) -> None:
+    """Log a file (a rewritten report.html) to a run that has ended."""
+    from mlflow import MlflowClient
+
+    log_artifact(MlflowClient(tracking_uri), run_id, dest, path)
 
 
 def key(name: str) -> str:

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtl.config import affects_pretraining, check_against_data, recipe_note
+from mtl.config import affects_pretraining, check_against_data
 from mtl.data import split_stats
 from mtl.data.evalset import check_eval_shapes, index_eval
 from mtl.errors import ConfigError
 from mtl.files import check_writable_dir
+from mtl.recipes import recipe_note
 from mtl.results import SweepSummary
 from mtl.schema import changed, dotted
 from mtl.tune.spec import SweepSpec, local_cpu_problem

@@ -106,7 +106,7 @@ def test_stale_temporary_is_removed(folder_root, cache, fakes):
     data = fakes.data_for("folder", folder_root, cache)
     idx = index_split(data, "test")
     entry = cache_mod.entry_path(cache, "folder", "test", 24, idx.fingerprint)
-    stale = entry.with_name(entry.name + ".tmp-deadbeef")
+    stale = entry.with_name(f".{entry.name}.tmp-deadbeef")  # a crashed builder's
     stale.mkdir(parents=True)
     (stale / "images.npy").write_bytes(b"half written")
     load_split(data, "test", progress=False)
