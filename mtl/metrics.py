@@ -42,6 +42,7 @@ class Metric:
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("phase", "label", "which trainer reported: pretrain or meta"),
     Metric("epoch", "step", "the epoch of that phase (1-based)"),
+    Metric("trial_epoch", "latest", "the trial's place on one axis over both phases (mtl.tune.trainable)"),
     Metric("val_acc", "series", "few-shot accuracy on the fixed validation bank (pretraining: the linear probe's)",
            worst=0.0, mode="max", printed=True, column=True),
     Metric("best_val_acc", "series", "the best val_acc so far: the state a trial keeps", worst=0.0, mode="max",

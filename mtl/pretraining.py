@@ -125,14 +125,18 @@ class _Stopped(Exception):
 
 
 def pretrained_backbone(cfg: Config, env: Env, data: dict[str, Any], store: str | Path, *, who: str = "",
-                        report: Report | None = None, fix: str = SWEEP_FIX) -> Backbone | Divergence:
+                        report: Report | None = None, fix: str = SWEEP_FIX, replay: bool = False
+                        ) -> Backbone | Divergence:
     """``pretrain.checkpoint`` when given, else the store's entry for this pretraining setup (built
     here, resumably, if no one built it yet; ``report`` sees its epochs). A build that diverges
     publishes nothing and returns where it diverged. ``fix``: what to do when the store cannot be
-    written."""
+    written. ``replay``: ``report`` sees every pretraining epoch of the backbone, also those another
+    process ran (an entry it built, a build this one continues), in order, so that a sweep's scheduler
+    sees the same pretraining results of every trial that shares it."""
     if cfg.pretrain.checkpoint:
         return given_backbone(cfg.pretrain.checkpoint, cfg.model.backbone)
     trainer: Pretrainer | None = None
+    say = report or _log_pretrain(cfg)
 
     def build(state_path: Path) -> dict[str, Any]:
         nonlocal trainer
@@ -140,19 +144,23 @@ def pretrained_backbone(cfg: Config, env: Env, data: dict[str, Any], store: str 
         if state_path.exists():
             trainer.load_state_dict(load_checkpoint(state_path, trainer.kind))
             log.info("pretraining resumes after epoch %d", trainer.epoch)
+            for metrics in trainer.history if replay else ():
+                say(metrics, None)
         while not trainer.done:
             metrics = trainer.run_epoch()
             if trainer.diverged:
-                (report or _log_pretrain(cfg))(metrics, None)
+                say(metrics, None)
                 raise _Stopped
             save_checkpoint(state_path, trainer.state_dict())
-            (report or _log_pretrain(cfg))(metrics, None)
+            say(metrics, None)
         return {**trainer.backbone_payload(), "config": cfg.to_dict()}
 
     try:
         entry = PretrainCache(store, fix).get_or_build(cfg, build, who=who, dataset_fp=data.get("dataset_fingerprint"))
     except _Stopped:
         return trainer.diverged
+    for metrics in entry.history if replay and entry.status == "hit" else ():
+        say(metrics, None)
     return Backbone(entry.state, {"sha256": content_hash(entry.state), "key": entry.key, "source": str(entry.path),
                                   "val_acc": entry.val_acc, "status": entry.status})
 
@@ -191,6 +199,7 @@ class Entry:
     state: dict[str, torch.Tensor]  # the selected backbone weights
     val_acc: float | None  # pretraining probe accuracy of that backbone
     status: str  # "built" (by this process) or "hit"
+    history: list[dict[str, Any]]  # the metrics of every pretraining epoch that made it
 
 
 class PretrainCache:
@@ -231,7 +240,7 @@ class PretrainCache:
             return _hit(key, path)
         self._log_build({k: built["info"][k] for k in ("key", "built_by", "host", "pid", "seconds")})
         payload = built["payload"]
-        return Entry(key, path, payload["state"], payload.get("val_acc"), "built")
+        return Entry(key, path, payload["state"], payload.get("val_acc"), "built", payload["history"])
 
     def _log_build(self, line: dict[str, Any]) -> None:
         """Append ``line`` to ``builds.log``: rewritten whole by the atomic writer, under a lock
@@ -244,4 +253,4 @@ class PretrainCache:
 
 def _hit(key: str, d: Path) -> Entry:
     ck = load_checkpoint(d / "backbone.pt", "backbone")
-    return Entry(key, d, ck["state"], ck.get("val_acc"), "hit")
+    return Entry(key, d, ck["state"], ck.get("val_acc"), "hit", ck["history"])

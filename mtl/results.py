@@ -20,6 +20,7 @@ from mtl.metrics import is_number
 from mtl.stats import Paired, Spread
 
 Outcome = Literal["completed", "stopped_early", "diverged", "errored"]
+Phase = Literal["pretrain", "meta"]
 OUTCOMES: tuple[Outcome, ...] = ("completed", "stopped_early", "diverged", "errored")
 Role = Literal["winner", "runner_up", "baseline"]
 
@@ -61,13 +62,16 @@ class TrialRow(Result):
     val_ci95: float | None = None
     best_val_ci95: float | None = None
     train_loss: float | None = None
-    epoch: int = 0  # the last meta-training epoch it reported
-    planned_epochs: int | None = None
+    stopped_in: Phase | None = None  # the phase of its last result (None: it reported nothing)
+    epoch: int = 0  # the last epoch it reported, of that phase
+    planned_epochs: int | None = None  # of meta-training
+    planned_pretrain_epochs: int | None = None  # of its own pretraining, where the sweep reported it
     outcome: Outcome
     diverged_update: int | None = None
     error: str | None = None
     checkpoint: str | None = None
-    history: list[Point] = Field(default_factory=list)
+    history: list[Point] = Field(default_factory=list)  # meta-validation accuracy per meta epoch
+    pretrain_history: list[Point] = Field(default_factory=list)  # the probe's accuracy per pretraining epoch
     baseline: bool = False  # the base config, proposed first
 
     @computed_field
@@ -80,6 +84,14 @@ class TrialRow(Result):
     def _derived(cls, data: Any) -> Any:
         """summary.json holds ``stopped_early`` for its readers; it is derived, not read back."""
         return {k: v for k, v in data.items() if k != "stopped_early"} if isinstance(data, dict) else data
+
+    @property
+    def reached(self) -> str:
+        """``4/6``, or ``pretraining 2/5`` for a trial that ended in pretraining."""
+        if self.stopped_in == "pretrain":
+            return f"pretraining {self.epoch}" + (f"/{self.planned_pretrain_epochs}"
+                                                 if self.planned_pretrain_epochs else "")
+        return f"{self.epoch}/{self.planned_epochs}" if self.planned_epochs else str(self.epoch)
 
     @property
     def ranked(self) -> bool:

@@ -26,7 +26,7 @@ from mtl.data.evalset import eval_data, index_eval
 from mtl.errors import CheckpointError
 from mtl.phases.divergence import Divergence
 from mtl.phases.meta import MetaTrainer
-from mtl.pretraining import Backbone, pretrained_backbone
+from mtl.pretraining import SWEEP_FIX, Backbone, pretrained_backbone
 from mtl.runtime import Env, make_env
 
 log = logging.getLogger(__name__)
@@ -78,13 +78,16 @@ class TrialEnd:
 
 def run_trial(cfg: Config, *, store: str | Path, report: Report, resume: dict[str, Any] | None = None,
               who: str = "", env: Env | None = None, data: dict[str, Any] | None = None,
-              backbone: Backbone | None = None, store_fix: str | None = None) -> TrialEnd:
+              backbone: Backbone | None = None, store_fix: str = SWEEP_FIX,
+              report_pretraining: bool = False) -> TrialEnd:
     """Pretrain (through ``store``; skipped when ``backbone`` is given) and meta-train ``cfg`` to its
     last epoch, or continue from ``resume`` (a checkpoint this function reported). After every
     meta epoch ``report(metrics, checkpoint)`` gets a checkpoint that resumes the trial (it names
     its backbone; :func:`mtl.pretraining.standalone` embeds it). ``env`` and ``data``
     (:func:`load_data`) are made here unless the caller already has them; ``store_fix`` says what to
-    do when the store cannot be written.
+    do when the store cannot be written. ``report_pretraining`` (a sweep that searches pretraining):
+    a trial that starts afresh reports every pretraining epoch of its backbone, those another trial
+    ran included (:func:`mtl.pretraining.pretrained_backbone`'s ``replay``).
 
     A phase that diverges (:mod:`mtl.phases.divergence`) is a result, not an error: its epoch is
     reported marked ``diverged`` with every metric at its worst and no checkpoint (the weights
@@ -92,7 +95,8 @@ def run_trial(cfg: Config, *, store: str | Path, report: Report, resume: dict[st
     env = env or make_env(cfg.runtime)
     data = data or load_data(cfg, env)
     if backbone is None:
-        got = pretrained_backbone(cfg, env, data, store, who=who, report=report, fix=store_fix)
+        got = pretrained_backbone(cfg, env, data, store, who=who, report=report, fix=store_fix,
+                                  replay=report_pretraining and resume is None)
         if isinstance(got, Divergence):
             log.warning(got.warning())
             return TrialEnd(None, None, got)

@@ -35,11 +35,27 @@ def test_trial_row_holds_the_summary_keys():
                     checkpoint="/ck", history=history)
     assert row.model_dump() == {
         "trial_id": "t1", "seq": None, "config": {"meta.inner_lr": 0.1}, "val_acc": 0.32, "best_val_acc": 0.32,
-        "val_ci95": 0.02, "best_val_ci95": None, "train_loss": 0.9, "epoch": 2, "planned_epochs": 4,
-        "outcome": "stopped_early", "stopped_early": True, "diverged_update": None, "error": None, "checkpoint": "/ck",
-        "history": [{"epoch": 1, "val_acc": 0.31}, {"epoch": 2, "val_acc": 0.32}], "baseline": False}
+        "val_ci95": 0.02, "best_val_ci95": None, "train_loss": 0.9, "stopped_in": "meta", "epoch": 2,
+        "planned_epochs": 4, "planned_pretrain_epochs": None, "outcome": "stopped_early", "stopped_early": True,
+        "diverged_update": None, "error": None, "checkpoint": "/ck",
+        "history": [{"epoch": 1, "val_acc": 0.31}, {"epoch": 2, "val_acc": 0.32}], "pretrain_history": [],
+        "baseline": False}
     failed = trial_row("t2", None, None, RAY_TRACE, 4)
     assert (failed.outcome, failed.stopped_early, failed.epoch, failed.history) == ("errored", False, 0, [])
+    assert failed.stopped_in is None and failed.reached == "0/4"
     assert failed.error.startswith("mtl.errors.DataError: image /d/x.jpg is corrupt")
 
 
+
+
+def test_a_trial_stopped_in_its_pretraining_says_so():
+    """A sweep that searches pretraining reports pretraining epochs: a trial whose last result is
+    one was stopped there (by ASHA), holds no checkpoint and no meta-validation accuracy."""
+    last = {"phase": "pretrain", "epoch": 2, "trial_epoch": 2, "val_acc": 0.41, "best_val_acc": 0.41}
+    row = trial_row("t4", {"pretrain.lr": 0.5}, last, None, 4, checkpoint="/ck", planned_pretrain=6,
+                    pretrain_history=[{"epoch": 1, "val_acc": 0.35}, {"epoch": 2, "val_acc": 0.41}])
+    assert (row.outcome, row.stopped_in, row.epoch, row.reached) == ("stopped_early", "pretrain", 2, "pretraining 2/6")
+    assert (row.checkpoint, row.val_acc, row.best_val_acc, row.history) == (None, None, None, [])
+    assert [p.val_acc for p in row.pretrain_history] == [0.35, 0.41] and not row.ranked
+    diverged = trial_row("t5", {}, {**last, "diverged": 1, "diverged_update": 3}, None, 4)
+    assert (diverged.outcome, diverged.stopped_in, diverged.diverged_update) == ("diverged", "pretrain", 3)

@@ -114,7 +114,7 @@ def _trials(s: SweepSummary) -> str:
     ranked = s.ranked()
     for t in ranked:
         test = tested.get(t.trial_id)
-        epochs = f"{t.epoch}/{t.planned_epochs}" if t.planned_epochs else _e(t.epoch)
+        epochs = _e(t.reached)
         rows.append([_e(t.trial_id) + _tags(["baseline"] if t.baseline else []) + (_EARLY if t.stopped_early else ""),
                      *(_e(fmt(t.config.get(k))) for k in keys), _pct(t.best_val_acc, t.best_val_ci95), epochs,
                      _e(t.outcome), _pct(test.test_acc, test.test_ci95) if test else "-", _e(t.error or "")])

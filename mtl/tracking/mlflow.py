@@ -281,7 +281,9 @@ class SweepTracker:
     def trial_result(self, trial: TrialInfo, result: Mapping[str, Any]) -> None:
         """The result's series as metrics at the epoch; its constants and totals as tags."""
         run_id = self.child_run(trial)
-        step, metrics, once, latest = split_result(result)
+        if (split := split_result(result)) is None:
+            return
+        step, metrics, once, latest = split
         tags = latest if run_id in self._tagged else {**once, **latest}
         log_values(self.client, run_id, metrics=metrics, step=step, tags=tags)
         self._tagged.add(run_id)

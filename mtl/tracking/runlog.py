@@ -89,14 +89,21 @@ def result_metrics(result: Mapping[str, object]) -> dict[str, float]:
     return out
 
 
-def split_result(result: Mapping[str, object]) -> tuple[int, dict[str, float], dict[str, str], dict[str, str]]:
+def split_result(result: Mapping[str, object]
+                 ) -> tuple[int, dict[str, float], dict[str, str], dict[str, str]] | None:
     """A trial result as (its step, per-step metrics, tags to set once, tags to keep at their latest
     value), each key where :data:`mtl.metrics.METRICS` puts it; a number it does not declare is a
-    metric."""
+    metric. A pretraining epoch's series go under ``pretrain/`` (MLflow's UI groups them apart from
+    meta-training's); a result that only holds the last of a shorter pretraining over the sweep's
+    span (:mod:`mtl.tune.trainable`) is None: it adds nothing."""
     metrics = result_metrics(result)
     step = metrics.pop(next(iter(names("step"))), result.get("training_iteration", 0))
     once = {k: number(metrics.pop(k)) for k in sorted(names("once") & metrics.keys())}
     latest = {k: number(metrics.pop(k)) for k in sorted(names("latest") & metrics.keys())}
+    if result.get("phase") == "pretrain":
+        if float(latest.get("trial_epoch", step)) > step:
+            return None
+        metrics = {f"pretrain/{k}": v for k, v in metrics.items()}
     return int(step or 0), metrics, once, latest
 
 

@@ -25,7 +25,7 @@ from mtl.results import TrialInfo
 from mtl.tracking.mlflow import SweepTracker
 from mtl.tracking.runlog import tolerated_errors
 from mtl.tune import progress
-from mtl.tune.outcome import error_message, planned_epochs, sequence, trial_end_row, trial_error
+from mtl.tune.outcome import PRETRAIN_KEY, error_message, planned_epochs, sequence, trial_end_row, trial_error
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ class TrackerCallback(Callback):
     """Trial start/result/retry/end -> the tracker's child runs; ``default_epochs``: the base
     config's ``meta.epochs`` (tells an ASHA-stopped trial from a completed one)."""
 
-    def __init__(self, tracker: SweepTracker, default_epochs: int | None) -> None:
-        self.tracker, self.default_epochs = tracker, default_epochs
+    def __init__(self, tracker: SweepTracker, default_epochs: int | None, default_pretrain: int | None = None) -> None:
+        self.tracker, self.default_epochs, self.default_pretrain = tracker, default_epochs, default_pretrain
 
     def _guard(self, what: str, trial: Any, fn, *args) -> None:
         try:
@@ -75,7 +75,7 @@ class TrackerCallback(Callback):
         self._guard("retry", trial, self.tracker.trial_recovering)
 
     def _ended(self, trial: Any, errored: bool) -> None:
-        row = trial_end_row(trial, self.default_epochs, errored)
+        row = trial_end_row(trial, self.default_epochs, errored, self.default_pretrain)
         self._guard("end", trial, self.tracker.trial_ended, row.outcome, row.error)
 
 
@@ -88,8 +88,8 @@ class SweepProgress(Callback):
     tuner.pkl); one unpickled for a resumed sweep counts from when Ray Tune sets it up."""
 
     def __init__(self, name: str, total: int, default_epochs: int | None, slots: int, max_failures: int = 0,
-                 every_s: float = 30.0, started: float | None = None) -> None:
-        self.name, self.total, self.default_epochs = name, total, default_epochs
+                 every_s: float = 30.0, started: float | None = None, default_pretrain: int | None = None) -> None:
+        self.name, self.total, self.default_epochs, self.default_pretrain = name, total, default_epochs, default_pretrain
         self.slots, self.max_failures, self.every_s = max(1, slots), max_failures, every_s
         self._start = _clock() if started is None else started
         self._reset()
@@ -118,6 +118,11 @@ class SweepProgress(Callback):
         self._left.pop(trial.trial_id, None)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get("phase") == "pretrain":
+            if result.get("trial_epoch", 0) <= result.get("epoch", 0):  # not a held one: its own epoch
+                log.info(progress.epoch_line(trial.trial_id, result, planned_epochs(
+                    trial.config, self.default_pretrain, PRETRAIN_KEY)))
+            return
         planned = planned_epochs(trial.config, self.default_epochs)
         log.info(progress.epoch_line(trial.trial_id, result, planned))
         if (left := progress.trial_left(result, planned)) is not None:
@@ -138,7 +143,7 @@ class SweepProgress(Callback):
                     error_message(trial_error(trial)) or "no trace", failures, self.max_failures)
 
     def _ended_now(self, trials: list, trial: Any, errored: bool) -> None:
-        line = progress.trial_end_line(trial, self.default_epochs, errored)
+        line = progress.trial_end_line(trial, self.default_epochs, errored, self.default_pretrain)
         (log.warning if errored else log.info)(line)
         tid = trial.trial_id
         self._ended.add(tid)
@@ -170,7 +175,7 @@ def progress_callback(spec: Any, resources: Mapping[str, float], started: float 
     t = spec.tune
     slots = concurrent_slots(dict(resources))
     return SweepProgress(spec.name, t.num_samples, spec.base.meta.epochs, min(slots, t.max_concurrent or slots),
-                         t.max_failures, started=started)
+                         t.max_failures, started=started, default_pretrain=spec.base.pretrain.epochs)
 
 
 def adopt_output(tuner: Any, verbosity: int) -> None:

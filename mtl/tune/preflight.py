@@ -198,7 +198,7 @@ def dry_run_text(spec: SweepSpec) -> str:
         f"resources per trial: {r.cpu:g} CPU, {r.gpu:g} GPU"
         + (" (falls back to CPU when the cluster has no GPU)" if r.gpu else ""),
         f"search: {t.searcher} (seed {t.seed}), {t.num_samples} trials, max concurrent {t.max_concurrent or 'auto'}",
-        f"scheduler: {t.scheduler}" + (f" on {t.time_attr}, grace {t.grace_period}, reduction {t.reduction_factor}, "
+        f"scheduler: {t.scheduler}" + (f" on {spec.time_attr}, grace {t.grace_period}, reduction {t.reduction_factor}, "
                                        f"max_t {spec.max_t}" if t.scheduler == "asha" else ""),
         f"metric: {t.metric} ({t.mode}); retries per trial: {t.max_failures}",
         f"pretraining: {'one shared entry for all trials' if shared else 'one entry per distinct pretraining setup'}",

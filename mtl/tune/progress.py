@@ -77,6 +77,8 @@ def at_epoch(epoch: Any, planned: int | None) -> str:
 def end_line(row: TrialRow, error_file: str | None = None) -> str:
     """A trial's outcome in one line, from its :func:`~mtl.tune.outcome.trial_row`."""
     tid, at = row.trial_id, at_epoch(row.epoch, row.planned_epochs)
+    if row.stopped_in == "pretrain":
+        at = "in pretraining " + at_epoch(row.epoch, row.planned_pretrain_epochs)
     val = f"val {pct(row.val_acc, digits=1)}"
     if row.best_val_acc is not None and pct(row.best_val_acc, digits=1) != pct(row.val_acc, digits=1):
         val += f", best {pct(row.best_val_acc, digits=1)}"
@@ -92,12 +94,12 @@ def end_line(row: TrialRow, error_file: str | None = None) -> str:
     return f"trial {tid} {row.outcome} {at}: {row.error}{where}"
 
 
-def trial_end_line(trial: Any, default_epochs: int | None, errored: bool) -> str:
+def trial_end_line(trial: Any, default_epochs: int | None, errored: bool, default_pretrain: int | None = None) -> str:
     """:func:`end_line` of a Trial as a driver callback sees it when it ends; an error names its
     trace as the sweep's folder will hold it (Ray writes a staging copy first, then syncs it)."""
     staged, where = getattr(trial, "error_file", None), getattr(trial, "path", None)
     trace = str(Path(where) / Path(staged).name) if staged and where else staged
-    return end_line(trial_end_row(trial, default_epochs, errored), trace)
+    return end_line(trial_end_row(trial, default_epochs, errored, default_pretrain), trace)
 
 
 def trial_left(result: Mapping[str, Any], planned: int | None) -> float | None:
@@ -105,7 +107,7 @@ def trial_left(result: Mapping[str, Any], planned: int | None) -> float | None:
     (None if unknown), as of the result it just reported."""
     epoch = int(result.get("epoch") or 0)
     since, runs = result.get("time_since_restore"), result.get("iterations_since_restore")
-    if not (planned and since and runs):
+    if not (planned and since and runs) or result.get("phase", "meta") != "meta":
         return None
     return float(since) / int(runs) * max(0, planned - epoch)
 

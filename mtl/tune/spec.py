@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from mtl.config import Config
+from mtl.config import Config, affects_pretraining
 from mtl.configs import find_config, load_config
 from mtl.errors import ConfigError, shown
 from mtl.metrics import optimisable
@@ -49,10 +49,12 @@ class TuneSettings(Section):
     seed: int = 0  # sampler seed
     n_startup_trials: at_least(1) = 5  # random trials before TPE models the space
     scheduler: Literal["asha", "none"] = "asha"
-    time_attr: Literal["epoch", "updates", "training_iteration"] = "epoch"
+    # epoch: meta-training epochs; trial_epoch: pretraining's, then meta-training's, on one axis (the
+    # default, and the only axis, when the space searches pretraining fields: SweepSpec.pretrain_span)
+    time_attr: Literal["trial_epoch", "epoch", "updates", "training_iteration"] | None = None
     grace_period: at_least(1) = 1
     reduction_factor: at_least(2) = 3
-    max_t: at_least(1) | None = None  # None: meta.epochs (or its updates)
+    max_t: at_least(1) | None = None  # None: the longest trial (meta.epochs, its updates, plus the pretraining span)
     max_failures: satisfies(Int, lambda v: v >= -1, "must be >= 0 (or -1: retry forever)") = 2  # retries of a trial
     checkpoints_to_keep: at_least(1) = 2
     baseline: bool = True  # run the base config (its values of the space keys) as the first trial
@@ -115,6 +117,24 @@ class SweepSpec:
         return self.storage / self.name
 
     @property
+    def searches_pretraining(self) -> bool:
+        """Whether trials differ in pretraining: then each pretrains in the search, reporting its
+        pretraining epochs to the scheduler, instead of sharing one pretraining built beforehand."""
+        return any(affects_pretraining(k) for k in self.space)
+
+    @property
+    def pretrain_span(self) -> int:
+        """Where meta-training starts on the ``trial_epoch`` axis: the most pretraining epochs a trial
+        of the sweep runs (0 when pretraining is shared and not reported). Every trial reports one
+        result per step of the span, those that pretrain fewer epochs holding their last, so that a
+        rung compares pretraining with pretraining and meta-training with meta-training."""
+        return self.upper("pretrain.epochs") if self.searches_pretraining else 0
+
+    @property
+    def time_attr(self) -> str:
+        return self.tune.time_attr or ("trial_epoch" if self.searches_pretraining else "epoch")
+
+    @property
     def max_t(self) -> int:
         """ASHA's cap: the longest trial the sweep can run (ASHA stops any trial that reaches it).
         Searched epoch/batch counts count with their upper bound; ``updates`` include the hard-task
@@ -123,7 +143,9 @@ class SweepSpec:
         if t.max_t is not None:
             return t.max_t
         epochs = self.upper("meta.epochs")
-        if t.time_attr != "updates":
+        if self.time_attr == "trial_epoch":
+            return self.pretrain_span + epochs
+        if self.time_attr != "updates":
             return epochs
         return math.ceil(epochs * self.upper("meta.batches_per_epoch") / (1 - self.upper("hard_tasks.ratio"))) + 1
 
@@ -188,6 +210,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
     spec = SweepSpec(name=name, base=base, space=space, settings=settings, source=str(path))
     if settings.tune.baseline:
         _check_baseline(spec)
+    _check_pretraining_search(spec)
     if spec.tune.scheduler == "asha" and spec.tune.grace_period > spec.max_t:
         raise ConfigError(f"tune.grace_period = {spec.tune.grace_period} exceeds max_t = {spec.max_t}; "
                           "lower the grace period or raise meta.epochs / tune.max_t")
@@ -213,6 +236,26 @@ def check_name(name: str) -> None:
         fix = name.lstrip("._-") or "sweep"
         raise ConfigError(f"sweep name {shown(name)} must start with a letter or digit (a leading '.' hides its "
                           f"folder, a '-' reads as an option); e.g. --set name={fix}")
+
+
+def _check_pretraining_search(spec: SweepSpec) -> None:
+    """A space with pretraining fields reports pretraining epochs to the scheduler on the
+    ``trial_epoch`` axis: each of them must hold the metric, and no other axis tells pretraining
+    from meta-training."""
+    if not spec.searches_pretraining:
+        return
+    keys = ", ".join(k for k in spec.space if affects_pretraining(k))
+    if spec.time_attr != "trial_epoch":
+        raise ConfigError(f"tune.time_attr = {spec.time_attr}: the space searches pretraining ({keys}), whose epochs "
+                          "the scheduler sees on the trial_epoch axis only; drop tune.time_attr (or set trial_epoch)")
+    every = {spec.base.pretrain.val_every, *(spec.space["pretrain.val_every"].bounds()
+                                            if "pretrain.val_every" in spec.space else [])}
+    if every != {1}:
+        raise ConfigError(f"pretrain.val_every = {max(every)}: the space searches pretraining ({keys}), so every "
+                          "pretraining epoch reports its probe accuracy to the scheduler; set pretrain.val_every=1")
+    if spec.base.pretrain.checkpoint:
+        raise ConfigError(f"pretrain.checkpoint is set, so no trial pretrains, yet the space searches pretraining "
+                          f"({keys}); drop pretrain.checkpoint or those keys from the space")
 
 
 def _check_baseline(spec: SweepSpec) -> None:

@@ -124,8 +124,8 @@ def format_table(s: SweepSummary, top: int = 8) -> str:
     ranked = ranked[:top] + [t for t in ranked[top:] if t.baseline]  # the baseline is always shown
     head = ["trial", *keys, "best_val", "epochs", "outcome"]
     rows = [[t.trial_id + (" ~" if t.trial_id in tied else "") + (" baseline" if t.baseline else ""),
-             *(fmt(t.config.get(k)) for k in keys), pct(t.best_val_acc, t.best_val_ci95),
-             f"{t.epoch}/{t.planned_epochs}" if t.planned_epochs else str(t.epoch), t.outcome] for t in ranked]
+             *(fmt(t.config.get(k)) for k in keys), pct(t.best_val_acc, t.best_val_ci95), t.reached, t.outcome]
+            for t in ranked]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     lines.append("top trials:")
     lines += ["  " + "  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in [head, *rows]]

@@ -15,7 +15,6 @@ from typing import Any
 
 from mtl.claim import SweepClaim
 from mtl.compat import trial_statuses
-from mtl.config import affects_pretraining
 from mtl.configs import save_config
 from mtl.data.evalset import data_label, decode_splits
 from mtl.errors import MTLError
@@ -81,10 +80,10 @@ def _run(launch: Launch, start: float) -> SweepSummary:
         tracker = SweepTracker(launch.tracking_uri, launch.experiment, spec.name, metric=spec.tune.metric,
                                mode=spec.tune.mode, baseline=spec.tune.baseline)
         tracker.start(sweep_params(spec), tags={"spec": spec.source}, reattach=launch.reattach)
-        callbacks.append(TrackerCallback(tracker, spec.base.meta.epochs))
+        callbacks.append(TrackerCallback(tracker, spec.base.meta.epochs, spec.base.pretrain.epochs))
     status = "FAILED"
     try:
-        if not any(affects_pretraining(k) for k in spec.space):
+        if not spec.searches_pretraining:
             import ray
 
             info = ray.get(remote(_pretrain_task, resources).remote(spec.base.to_dict(), str(launch.cache_root)))
@@ -175,7 +174,8 @@ def build_tuner(launch: Launch, resources: dict[str, float], callbacks: list[Any
 
     spec, t = launch.spec, launch.spec.tune
     trainable = tune.with_resources(
-        tune.with_parameters(train_mtl, base=spec.base.to_dict(), cache_root=str(launch.cache_root)), resources)
+        tune.with_parameters(train_mtl, base=spec.base.to_dict(), cache_root=str(launch.cache_root),
+                             span=spec.pretrain_span), resources)
     if launch.resume:
         tuner = tune.Tuner.restore(str(spec.experiment_dir), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
@@ -185,7 +185,7 @@ def build_tuner(launch: Launch, resources: dict[str, float], callbacks: list[Any
                else RandomSampler(seed=t.seed))
     point = spec.baseline_point()  # the base config, proposed first (Optuna's enqueued trial)
     searcher = OptunaSearch(sampler=sampler, points_to_evaluate=[point] if point else None)
-    scheduler = (ASHAScheduler(time_attr=t.time_attr, max_t=spec.max_t, grace_period=t.grace_period,
+    scheduler = (ASHAScheduler(time_attr=spec.time_attr, max_t=spec.max_t, grace_period=t.grace_period,
                                reduction_factor=t.reduction_factor) if t.scheduler == "asha" else FIFOScheduler())
     # With a searcher Ray Tune keeps one trial pending at a time, so trials would start one after
     # another; let it queue as many as the cluster holds now (an autoscaler may add more later).
@@ -233,7 +233,8 @@ def summarize(launch: Launch, result_grid: Any, resources: dict[str, float], wal
     spec = launch.spec
     exp = spec.experiment_dir
     point = spec.baseline_point()
-    rows, baseline = mark_baseline([result_row(r, spec.base.meta.epochs) for r in result_grid], point)
+    rows, baseline = mark_baseline([result_row(r, spec.base.meta.epochs, spec.base.pretrain.epochs)
+                                    for r in result_grid], point)
     finals = run_finals(spec, rows, baseline, str(launch.cache_root), exp, run or ray_runner(resources))
     best, comp, seeds = None, None, None
     if finals is not None:

@@ -6,6 +6,15 @@ report into ``tune.report`` with a checkpoint: every numeric metric the trainers
 :mod:`mtl.metrics`) plus the pretraining entry's constants. A trial that diverges reports one last
 result marked ``diverged`` with every metric at its worst and no checkpoint, and ends without an
 error: the scheduler and the searcher learn from it, and Ray Tune does not retry it.
+
+Every result carries ``trial_epoch``, the trial's place on one axis over both phases. When the
+sweep searches pretraining (``span`` > 0: :attr:`mtl.tune.spec.SweepSpec.pretrain_span`), each
+pretraining epoch is a result too, at ``trial_epoch`` 1 to its ``pretrain.epochs``; a trial that
+pretrains fewer epochs than the span holds its last pretraining result over the rest of it (one
+result per step, no compute), and meta-training follows at ``span + 1``. A rung of the scheduler
+then compares pretraining with pretraining (the probe's accuracy) and meta-training with
+meta-training, whatever each trial's own pretraining length, and ASHA stops a bad pretraining
+before it has run its course.
 """
 
 from __future__ import annotations
@@ -40,8 +49,8 @@ def reported(metrics: dict[str, Any], state: dict[str, Any] | None) -> dict[str,
     return out
 
 
-def train_mtl(params: dict[str, Any], *, base: dict[str, Any], cache_root: str) -> None:
-    """Function trainable (wrap with ``tune.with_parameters(train_mtl, base=..., cache_root=...)``)."""
+def train_mtl(params: dict[str, Any], *, base: dict[str, Any], cache_root: str, span: int = 0) -> None:
+    """Function trainable (wrap with ``tune.with_parameters(train_mtl, base=..., cache_root=..., span=...)``)."""
     from ray import tune
 
     from mtl.tune.cluster import setup_worker_logging
@@ -54,17 +63,22 @@ def train_mtl(params: dict[str, Any], *, base: dict[str, Any], cache_root: str) 
             resume = load_checkpoint(Path(d) / CHECKPOINT_FILE, "meta")
 
     def report(m: dict[str, Any], state: dict[str, Any] | None) -> None:
-        if m["phase"] != "meta" and not m.get("diverged"):  # a pretraining epoch: Ray schedules on meta epochs
+        pretraining = m["phase"] == "pretrain"
+        if pretraining and not span and not m.get("diverged"):  # the shared pretraining: not scheduled
             return
-        if state is None:  # diverged: the last report, without a checkpoint
-            tune.report(reported(m, None))
+        row = {**reported(m, state), "trial_epoch": m["epoch"] + (0 if pretraining else span)}
+        if state is None:  # a pretraining epoch, or the epoch that diverged: no checkpoint
+            tune.report(row)
+            if pretraining and m["epoch"] == cfg.pretrain.epochs and not m.get("diverged"):
+                for t in range(m["epoch"] + 1, span + 1):  # hold: the span is the same for every trial
+                    tune.report({**row, "trial_epoch": t})
             return
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(Path(d) / CHECKPOINT_FILE, state)
-            report_checkpoint(reported(m, state), d)
+            report_checkpoint(row, d)
 
     run_trial(cfg, store=cache_root, report=report, resume=resume, who=tune.get_context().get_trial_id() or "",
-              env=replace(make_env(cfg.runtime), progress=False))
+              env=replace(make_env(cfg.runtime), progress=False), report_pretraining=span > 0)
 
 
 def report_checkpoint(metrics: dict[str, Any], folder: str) -> None:
