@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-# the fixed banks of one run: the pretraining probe's, meta-validation's, the test episodes
-BANKS = ("probe", "val", "test")
+# the fixed banks of one run: the pretraining probe's, meta-validation's, the test episodes; and a
+# sweep's race of its finalists on fresh validation episodes (mtl.tune.race)
+BANKS = ("probe", "val", "test", "race")
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,27 @@ def sample_episodes(
     )
 
 
-def episode_bank(offsets: torch.Tensor, way: int, shot: int, query: int, n: int, seed: int) -> Episodes:
+def episode_bank(offsets: torch.Tensor, way: int, shot: int, query: int, n: int, seed: int,
+                 exclude: Episodes | None = None) -> Episodes:
     """A fixed list of ``n`` episodes: identical for every run that uses the same seed and shape,
-    so trials are compared on the same tasks."""
+    so trials are compared on the same tasks. With ``exclude``, none of them is a task of that bank
+    (the same support and query images, in any label order): drawn again until none is."""
     g = torch.Generator().manual_seed(seed)
-    return sample_episodes(offsets, way, shot, query, n, g)
+    bank = sample_episodes(offsets, way, shot, query, n, g)
+    if exclude is None:
+        return bank
+    taken = {task_key(exclude, i) for i in range(len(exclude))}
+    while clash := [i for i in range(len(bank)) if task_key(bank, i) in taken]:
+        keep = torch.tensor([i for i in range(len(bank)) if i not in set(clash)], dtype=torch.long)
+        more = sample_episodes(offsets, way, shot, query, len(clash), g)
+        bank = Episodes(torch.cat([bank.support[keep], more.support]), torch.cat([bank.query[keep], more.query]),
+                        torch.cat([bank.classes[keep], more.classes]), shot, query)
+    return bank
+
+
+def task_key(eps: Episodes, i: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """What makes episode ``i`` the task it is: its support and query images, whatever their labels."""
+    return tuple(sorted(eps.support[i].tolist())), tuple(sorted(eps.query[i].tolist()))
 
 
 def bank_seed(seed: int, role: str) -> int:

@@ -73,6 +73,7 @@ class TrialRow(Result):
     history: list[Point] = Field(default_factory=list)  # meta-validation accuracy per meta epoch
     pretrain_history: list[Point] = Field(default_factory=list)  # the probe's accuracy per pretraining epoch
     baseline: bool = False  # the base config, proposed first
+    rank: int | None = None  # its place in the sweep's order (1: the winner; mtl.tune.race.ranked)
 
     @computed_field
     @property
@@ -165,6 +166,27 @@ class FinalSeeds(Result):
     trials: list[SeedRuns]
 
 
+class RaceEntry(Result):
+    """A finalist re-validated on the race's fresh episodes."""
+
+    trial_id: str
+    val_acc: float  # on the race's episodes
+    val_ci95: float
+    selection_val_acc: float  # the best validation accuracy that made it a finalist
+    vs_leader: Paired | None = None  # the leader minus it, over the same episodes (None: the leader)
+
+
+class Race(Result):
+    """The finalists of the search (its top trials by validation accuracy) on a fresh validation bank,
+    none of its episodes a task that selected them: the leader is the winner, and it is separated
+    from the runner-up when the interval of their paired difference excludes zero."""
+
+    episodes: int
+    trials: list[RaceEntry]  # the leader first
+    separated: bool | None  # None: no runner-up to tell apart (one finalist, or other episodes)
+    says: str  # the same in words
+
+
 class Best(Result):
     """The winner: its searched values, validation and test accuracy, and where its files are."""
 
@@ -172,6 +194,8 @@ class Best(Result):
     config: dict[str, Any]
     val_acc: float
     val_ci95: float | None
+    race_acc: float | None = None  # on the race's fresh validation episodes
+    race_ci95: float | None = None
     ties: list[str]  # trials whose validation interval overlaps the winner's
     baseline: bool
     test_acc: float
@@ -212,6 +236,7 @@ class SweepSummary(Result):
     resources: dict[str, float]
     baseline: Baseline | None
     best: Best | None
+    race: Race | None = None
     comparison: Comparison | None = None
     final_seeds: FinalSeeds | None = None
     trials: list[TrialRow]
@@ -224,8 +249,8 @@ class SweepSummary(Result):
         return sum(t.outcome == outcome for t in self.trials)
 
     def ranked(self) -> list[TrialRow]:
-        """Every trial, best first (:attr:`TrialRow.order`), those without a validation accuracy last."""
-        return sorted(self.trials, key=lambda t: t.order)
+        """Every trial in the sweep's order (:attr:`TrialRow.rank`: the race's finalists first)."""
+        return sorted(self.trials, key=lambda t: (t.rank if t.rank is not None else math.inf, t.order))
 
     def metrics(self) -> dict[str, float]:
         """The numbers MLflow's parent run holds."""
@@ -244,6 +269,13 @@ class SweepSummary(Result):
                 d = base.vs_winner
                 out.update(winner_vs_baseline_diff=d.diff, winner_vs_baseline_ci_low=d.ci_low,
                            winner_vs_baseline_ci_high=d.ci_high, winner_vs_baseline_p=d.p)
+        if self.race is not None:
+            out.update(race_episodes=self.race.episodes, race_finalists=len(self.race.trials))
+            if self.race.separated is not None:
+                d = self.race.trials[1].vs_leader
+                out.update(race_separated=int(self.race.separated), winner_vs_runner_up_diff=d.diff,
+                           winner_vs_runner_up_ci_low=d.ci_low, winner_vs_runner_up_ci_high=d.ci_high,
+                           winner_vs_runner_up_p=d.p)
         for s in self.final_seeds.trials if self.final_seeds else []:
             role = "winner" if "winner" in s.roles else "baseline"
             out.update({f"{role}_seeds_test_mean": s.test.mean, f"{role}_seeds_test_sd": s.test.sd})

@@ -15,7 +15,7 @@ from typing import Any
 from mtl.results import SweepSummary, fmt, pct
 from mtl.stats import in_words
 
-SECTIONS = ("Verdict", "Paired comparison", "Seeds", "Trials", "Figures", "Winner's config", "Reproduce")
+SECTIONS = ("Verdict", "Race", "Paired comparison", "Seeds", "Trials", "Figures", "Winner's config", "Reproduce")
 FIGURE_TITLES = {
     "validation_curves.png": "Validation accuracy of every trial, per epoch",
     "param_importance.png": "Hyperparameter importance (the figure the MLflow parent run holds)",
@@ -61,6 +61,28 @@ def _tags(roles: list[str]) -> str:
 def _verdict(s: SweepSummary) -> str:
     kind = "yes" if s.verdict.startswith("searching helped") else "no"
     return f'<h2 id="verdict">Verdict</h2><p class="verdict {kind}">{_e(s.verdict)}</p>'
+
+
+def _race(s: SweepSummary) -> str:
+    r = s.race
+    out = '<h2 id="race">Race</h2>'
+    if r is None:
+        return out + ("<p>No race (<code>tune.race_top: 0</code>, or no trial left a checkpoint): the winner is the "
+                      "best validation accuracy of the search.</p>")
+    out += (f"<p>The top {len(r.trials)} trials of the search by validation accuracy, each at the state it "
+            f"selected, on {r.episodes} fresh validation episodes (none of them a task that selected it), all on "
+            "the same episodes; the leader is the winner. The leader minus each: mean paired difference, its 95% "
+            f't-interval, the paired t-test.</p><p class="verdict {"yes" if r.separated else "no"}">{_e(r.says)}</p>')
+    rows, classes = [], []
+    for i, e in enumerate(r.trials):
+        d = e.vs_leader
+        rows.append([_e(e.trial_id) + _tags(["winner"] if i == 0 else []), _pct(e.selection_val_acc),
+                     _pct(e.val_acc, e.val_ci95),
+                     f"{100 * d.diff:+.2f} [{100 * d.ci_low:+.2f}, {100 * d.ci_high:+.2f}]" if d else "-",
+                     f"{d.p:.3g}" if d else "-", ("yes" if d.significant else "no") if d else "-"])
+        classes.append("winner" if i == 0 else "")
+    return out + _table(["finalist", "val acc in the search", "val acc in the race (95% CI)",
+                         "leader minus it, points [95% CI]", "p", "significant"], rows, classes)
 
 
 def _comparison(s: SweepSummary) -> str:
@@ -120,8 +142,9 @@ def _trials(s: SweepSummary) -> str:
                      _e(t.outcome), _pct(test.test_acc, test.test_ci95) if test else "-", _e(t.error or "")])
         classes.append("winner" if t.trial_id == win else "baseline" if t.baseline else "")
     head = ["trial", *(_e(k) for k in keys), "best val acc (95% CI)", "epochs", "outcome", "test acc", "error"]
-    return (f'<h2 id="trials">Trials</h2><p>{len(ranked)} trials, best validation accuracy first; the winner is '
-            "green, the baseline (the base config, run first) yellow.</p>" + _table(head, rows, classes))
+    return (f'<h2 id="trials">Trials</h2><p>{len(ranked)} trials in the sweep\'s order (the race\'s finalists '
+            "first, then by best validation accuracy); the winner is green, the baseline (the base config, run "
+            "first) yellow.</p>" + _table(head, rows, classes))
 
 
 def _figures(pngs: dict[str, str]) -> str:
@@ -167,7 +190,7 @@ def render(s: SweepSummary, pngs: dict[str, str]) -> str:
     head = (f"<h1>Sweep {_e(s.name)}</h1><p>{len(s.trials)} trials of {_e(s.spec)} in {s.wall_s:.0f} s; searched: "
             f"{_e(', '.join(s.space))}. {best}</p>")
     nav = " · ".join(f'<a href="#{t.lower().replace(chr(39), "").replace(" ", "-")}">{_e(t)}</a>' for t in SECTIONS)
-    body = "".join([head, f"<p>{nav}</p>", _verdict(s), _comparison(s), _seeds(s), _trials(s), _figures(pngs),
-                    _winner(s), _reproduce(s)])
+    body = "".join([head, f"<p>{nav}</p>", _verdict(s), _race(s), _comparison(s), _seeds(s), _trials(s),
+                    _figures(pngs), _winner(s), _reproduce(s)])
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>sweep {_e(s.name)}</title>'
             f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")

@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 ROLE_TAG = "mtl.role"  # "sweep" on a sweep's parent run
 DEFAULT_UI = "http://127.0.0.1:5000"  # where ``mlflow ui`` listens
+SELECTION = "best_val_acc"  # what selects a sweep's finalists (mtl.tune.race)
 _PICKLED = ("tracking_uri", "experiment", "sweep_name", "artifact_root", "metric", "mode", "baseline")
 
 
@@ -61,9 +62,12 @@ class SweepTracker:
     """Parent run of one sweep plus the child runs of its trials, all written from the driver.
 
     ``start`` opens (or, with ``reattach``, finds) the parent, the ``trial_*`` methods keep each
-    trial's child run, ``finish`` logs the study's outcome and closes the parent. ``metric``/``mode``:
-    what ranks the trials in the saved view; ``baseline``: the sweep's first trial is its baseline
-    (the base config), tagged ``baseline = true``. Picklable (Ray stores callbacks in ``tuner.pkl``):
+    trial's child run, ``finish`` logs the study's outcome and closes the parent. The saved view
+    ranks the trials as the sweep selects them: by ``best_val_acc`` while it runs, by the sweep's
+    final order (``rank``, 1 the winner: the race's finalists first) once it has finished.
+    ``metric``/``mode``: what the scheduler optimises, the experiment's primary metric and first
+    chart; ``baseline``: the sweep's first trial is its baseline (the base config), tagged
+    ``baseline = true``. Picklable (Ray stores callbacks in ``tuner.pkl``):
     an unpickled tracker holds no client and no run ids and finds its runs in MLflow again.
     """
 
@@ -144,10 +148,11 @@ class SweepTracker:
         query = urlencode({"workflowType": "machine_learning", "viewStateShareKey": self.view_key})
         return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs?{query}"
 
-    def _save_view(self) -> None:
+    def _save_view(self, ranked: bool = False) -> None:
         columns = view_columns(self.metric)
-        view = saved_view(f"sweep {self.sweep_name}", self._view_params, self.metric, self.mode == "min", columns,
-                          [self.metric, "best_val_acc", "train_loss"])
+        order = ("rank", True) if ranked else (SELECTION, False)  # the sweep's own order, best first
+        view = saved_view(f"sweep {self.sweep_name}", self._view_params, *order,
+                          ["rank", *columns] if ranked else columns, [self.metric, "best_val_acc", "train_loss"])
         self.client.set_experiment_tag(self.experiment_id, VIEW_TAG_PREFIX + self.view_key, view)
 
     def _find_parent(self) -> Run | None:
@@ -188,16 +193,25 @@ class SweepTracker:
 
     def finish(self, metrics: Mapping[str, float], *, artifacts: Mapping[str, Path] | None = None,
                figures: Mapping[str, Figure] | None = None, status: str = "FINISHED", best_trial: str | None = None,
-               description: str | None = None) -> None:
+               description: str | None = None, ranks: Mapping[str, int] | None = None,
+               race: Mapping[str, float] | None = None) -> None:
         """Log the study's outcome to the parent run and close it.
 
         ``metrics``: the sweep's numbers. ``artifacts``: destination path inside the run -> local
         file or directory. ``figures``: name -> PNG artifact under ``figures/``. ``best_trial``: the
         winner's trial id (the parent gets ``best_trial`` and ``best_run_id``, the winner's run
         ``best = true``). ``description``: the summary table, shown as the parent run's description.
-        Children still RUNNING (an interrupted sweep) are closed as KILLED.
+        ``ranks``: trial id -> its place in the sweep's order (the metric ``rank`` of its run, which
+        the saved view then sorts by); ``race``: trial id -> a finalist's accuracy on the race's fresh
+        episodes (``race_val_acc``). Children still RUNNING (an interrupted sweep) are closed as KILLED.
         """
         run_id = self._parent()
+        for tid, rank in (ranks or {}).items():
+            if (child := self._find_child(tid)) is not None:
+                extra = {"race_val_acc": race[tid]} if race and tid in race else {}
+                log_values(self.client, child, metrics={"rank": float(rank), **extra})
+        if ranks:
+            self._save_view(ranked=True)
         tags: dict[str, str] = {}
         if description:
             tags[NOTE_TAG] = description_markdown(description)

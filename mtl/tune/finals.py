@@ -1,70 +1,35 @@
 """After the search: the winner, the runners-up and the baseline on the same test episodes, and
 the winner's and the baseline's meta-training again with other seeds (``tune.final_seeds``).
 
-Which trials (:func:`compared`): the winner (best validation accuracy), the next
-``tune.compare_top`` by validation accuracy and the baseline. One Ray task with a trial's
-resources tests them all (:func:`compare_task`): the test split is decoded once, every trial sees
-the same episodes, and trials with the same feature extractor (backbone, learnt scale and shift)
-embed them once. Each seed run is a Ray task of its own (:func:`seed_task`) that runs the trial's
-config through :func:`mtl.trial.run_trial` with ``runtime.seed`` changed, on the trial's own
-pre-trained backbone, so seeds share the pretraining. Every result is kept under ``<sweep>/final/``
-as it arrives, so a resumed driver uses what an earlier one finished and runs nothing twice.
+Which trials (:func:`compared`): the winner (the race's leader, :mod:`mtl.tune.race`; without a
+race the best validation accuracy), the next ``tune.compare_top`` in the sweep's order and the
+baseline. One Ray task with a trial's resources tests them all (:func:`mtl.tune.tasks.compare_task`):
+the test split is decoded once, every trial sees the same episodes. Each seed run is a Ray task of
+its own (:func:`mtl.tune.tasks.seed_task`) on the trial's own pre-trained backbone, so seeds share
+the pretraining. Every result is kept under ``<sweep>/final/`` as it arrives, so a resumed driver
+uses what an earlier one finished and runs nothing twice.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
-from mtl.files import write_text_atomic
 from mtl.results import ComparedTrial, Comparison, EpochPaired, FinalSeeds, Role, SeedRun, SeedRuns, TrialRow
 from mtl.stats import paired, spread
+from mtl.tune.tasks import Reseeded, Runner, Tested, cached, compare_task, keep, seed_task
 
 log = logging.getLogger(__name__)
 
 FINAL_DIR = "final"
-Runner = Callable[[list[tuple[str, Callable, tuple]], Callable[[str, Any], None]], None]
-
-
-class Tested(BaseModel):
-    """One trial's best state on the test episodes (``final/test-<trial>.json``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    acc: float
-    ci95: float
-    accs: list[float]
-    episodes_key: str  # what decides the test episodes (:func:`episodes_key`)
-    val_key: str  # ... and the validation bank
-    val_accs: list[dict[str, Any]]  # per epoch: {"epoch", "accs"} on the validation bank
-    shared_features: bool
-    backbone_sha256: str
-    test_data: str = ""
-
-
-class Reseeded(BaseModel):
-    """A config meta-trained again with another seed (``final/seed-<trial>-<seed>.json``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    seed: int
-    val_acc: float | None
-    test_acc: float
-    test_ci95: float
-    accs: list[float]
-    epochs: int
-    backbone_sha256: str
 
 
 def compared(rows: list[TrialRow], baseline: str | None, top: int) -> list[tuple[TrialRow, list[Role]]]:
     """(row, roles) of the trials to test: the winner, the next ``top`` and the baseline, in that
-    order; a role list holds ``winner``, ``runner_up`` and/or ``baseline``."""
-    ranked = sorted((t for t in rows if t.ranked), key=lambda t: t.order)
+    order; a role list holds ``winner``, ``runner_up`` and/or ``baseline``. ``rows`` in the sweep's
+    order, best first (:func:`mtl.tune.race.ranked`)."""
+    ranked = [t for t in rows if t.ranked]
     out: list[tuple[TrialRow, list[Role]]] = [(t, ["winner" if i == 0 else "runner_up"])
                                               for i, t in enumerate(ranked[:1 + top])]
     for t, roles in out:
@@ -76,118 +41,6 @@ def compared(rows: list[TrialRow], baseline: str | None, top: int) -> list[tuple
     return out
 
 
-def episodes_key(cfg: Any, split: str = "test") -> str:
-    """What decides a bank of episodes: the data, way, shot, queries, count and seed."""
-    from mtl.config import eval_query
-    from mtl.episodes import bank_seed
-
-    data = {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"}
-    m, e = cfg.meta, cfg.eval
-    if split == "test":
-        data["eval.data"] = e.data.to_dict()
-    count, seed = (e.episodes, bank_seed(e.seed, "test")) if split == "test" else (e.val_episodes, bank_seed(e.seed, "val"))
-    return json.dumps([data, m.way, m.shot, eval_query(m, e), count, seed], sort_keys=True)
-
-
-def _feature_key(ck: dict[str, Any], cfg: Any) -> str:
-    """Trials with equal keys compute equal features on the test episodes."""
-    from mtl.pretraining import content_hash
-
-    state = ck["best_state"] or ck["current"]
-    parts = [ck["backbone_ref"]["sha256"], content_hash(state["model"]), cfg.model.to_dict(), cfg.runtime.precision,
-             cfg.runtime.channels_last, cfg.eval.protocol, cfg.eval.batch_episodes, episodes_key(cfg)]
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
-def compare_task(items: list[tuple[str, str]], cache_root: str, export: dict[str, str]) -> dict[str, Any]:
-    """Ray task: test each ``(trial_id, checkpoint_dir)`` once on its test episodes; ``export``:
-    trial id -> where to write its stand-alone checkpoint (the winner's ``best/meta_state.pt``)."""
-    from mtl.checkpoint import load_checkpoint, save_checkpoint
-    from mtl.config import config_from_dict
-    from mtl.data.evalset import data_label, eval_data
-    from mtl.phases.evaluate import evaluate_checkpoint
-    from mtl.pretraining import standalone
-    from mtl.runtime import make_env
-    from mtl.trial import load_test
-    from mtl.tune.cluster import setup_worker_logging
-    from mtl.tune.trainable import CHECKPOINT_FILE
-
-    setup_worker_logging("compare")
-    cks = {tid: load_checkpoint(Path(d) / CHECKPOINT_FILE, "meta") for tid, d in items}
-    keys = {tid: _feature_key(ck, config_from_dict(ck["config"])) for tid, ck in cks.items()}
-    features: dict[str, list] = {k: [] for k in set(keys.values()) if list(keys.values()).count(k) > 1}
-    splits: dict[str, Any] = {}
-    out = {}
-    for tid, _ in items:
-        ck = standalone(cks.pop(tid), store=cache_root)
-        cfg = config_from_dict(ck["config"])
-        env = replace(make_env(cfg.runtime), progress=False)
-        data_key = json.dumps([cfg.data.to_dict(), cfg.eval.data.to_dict()], sort_keys=True)
-        if data_key not in splits:
-            splits[data_key] = load_test(cfg, env)  # eval.data: by default the training data's test split
-        res = evaluate_checkpoint(ck, cfg, env, splits[data_key], features=features.get(keys[tid]))
-        if tid in export:
-            save_checkpoint(export[tid], ck)
-        out[tid] = Tested(acc=res["acc"], ci95=res["ci95"], accs=res["accs"], episodes_key=episodes_key(cfg),
-                          val_key=episodes_key(cfg, "val"), val_accs=ck["val_accs"],
-                          shared_features=keys[tid] in features, backbone_sha256=ck["backbone_ref"]["sha256"],
-                          test_data=data_label(eval_data(cfg), cfg.eval.data.split)).model_dump()
-    return out
-
-
-def seed_task(checkpoint_dir: str, cache_root: str, seed: int) -> dict[str, Any]:
-    """Ray task: the trial's config through :func:`~mtl.trial.run_trial` again with ``runtime.seed =
-    seed`` on the trial's own pre-trained backbone (no pretraining), its best state tested on the same
-    test episodes."""
-    from mtl.checkpoint import load_checkpoint
-    from mtl.config import config_from_dict
-    from mtl.phases.evaluate import evaluate_checkpoint
-    from mtl.pretraining import backbone_of, standalone
-    from mtl.runtime import make_env
-    from mtl.trial import load_test, run_trial
-    from mtl.tune.cluster import setup_worker_logging
-    from mtl.tune.trainable import CHECKPOINT_FILE
-
-    setup_worker_logging(f"seed {seed}")
-    ck = load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, "meta")
-    cfg = config_from_dict(ck["config"]).with_overrides({"runtime.seed": seed})
-    env = replace(make_env(cfg.runtime), progress=False)
-    backbone = backbone_of(ck["backbone_ref"], cfg, cache_root)
-    trainer = run_trial(cfg, store=cache_root, report=lambda m, c: None, env=env, backbone=backbone).meta
-    state = standalone({**trainer.state_dict(), "config": cfg.to_dict()}, backbone)
-    res = evaluate_checkpoint(state, cfg, env, load_test(cfg, env))
-    return Reseeded(seed=seed, val_acc=trainer.best_acc, test_acc=res["acc"], test_ci95=res["ci95"], accs=res["accs"],
-                    epochs=trainer.epoch, backbone_sha256=backbone.ref["sha256"]).model_dump()
-
-
-def ray_runner(resources: dict[str, float]) -> Runner:
-    """Run ``(name, fn, args)`` calls as Ray tasks with ``resources``, all at once as the cluster
-    allows; ``done(name, result)`` sees each as it finishes."""
-
-    def run(calls: list[tuple[str, Callable, tuple]], done: Callable[[str, Any], None]) -> None:
-        import ray
-
-        from mtl.tune.cluster import remote
-
-        pending = {remote(fn, resources).remote(*args): name for name, fn, args in calls}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            done(pending.pop(ready[0]), ray.get(ready[0]))
-
-    return run
-
-
-def _cached(path: Path, kind: type[BaseModel]) -> Any:
-    try:
-        return kind.model_validate_json(path.read_bytes()) if path.is_file() else None
-    except (ValidationError, ValueError):  # cut short by a crash: run it again
-        return None
-
-
-def _keep(path: Path, result: BaseModel) -> None:
-    write_text_atomic(path, result.model_dump_json() + "\n")
-
-
 def run_finals(spec: Any, rows: list[TrialRow], baseline: str | None, cache_root: str, exp: Path,
                run: Runner) -> dict[str, Any] | None:
     """The paired comparison and the seed runs; None when no trial left a checkpoint."""
@@ -197,19 +50,19 @@ def run_finals(spec: Any, rows: list[TrialRow], baseline: str | None, cache_root
     folder = exp / FINAL_DIR
     folder.mkdir(parents=True, exist_ok=True)
     win = chosen[0][0]
-    tests = {t.trial_id: _cached(folder / f"test-{t.trial_id}.json", Tested) for t, _ in chosen}
+    tests = {t.trial_id: cached(folder / f"test-{t.trial_id}.json", Tested) for t, _ in chosen}
     missing = [(t.trial_id, t.checkpoint) for t, _ in chosen if tests[t.trial_id] is None]
     if missing:
         (exp / "best").mkdir(parents=True, exist_ok=True)
         export = {win.trial_id: str(exp / "best" / "meta_state.pt")}
 
-        def keep(_: str, result: dict[str, Any]) -> None:
+        def done(_: str, result: dict[str, Any]) -> None:
             for tid, r in result.items():
                 tests[tid] = Tested.model_validate(r)
-                _keep(folder / f"test-{tid}.json", tests[tid])
+                keep(folder / f"test-{tid}.json", tests[tid])
 
         log.info("testing %d trial(s) on the same test episodes: %s", len(missing), ", ".join(t for t, _ in missing))
-        run([("compare", compare_task, (missing, cache_root, export))], keep)
+        run([("compare", compare_task, (missing, cache_root, export))], done)
     seeds = _seed_runs(spec, [(t, r) for t, r in chosen if {"winner", "baseline"} & set(r)], cache_root, folder, run)
     return {"chosen": chosen, "tests": tests, "seeds": seeds}
 
@@ -229,20 +82,20 @@ def _seed_runs(spec: Any, chosen: list, cache_root: str, folder: Path, run: Runn
     for t, _ in chosen:
         first = search_seed(t, spec)
         for seed in range(first + 1, first + n):
-            if (hit := _cached(folder / f"seed-{t.trial_id}-{seed}.json", Reseeded)) is not None:
+            if (hit := cached(folder / f"seed-{t.trial_id}-{seed}.json", Reseeded)) is not None:
                 out[t.trial_id].append(hit)
             else:
                 calls.append((f"{t.trial_id}:{seed}", seed_task, (t.checkpoint, cache_root, seed)))
 
-    def keep(name: str, result: dict[str, Any]) -> None:
+    def done(name: str, result: dict[str, Any]) -> None:
         tid = name.split(":")[0]
         r = Reseeded.model_validate(result)
-        _keep(folder / f"seed-{tid}-{r.seed}.json", r)
+        keep(folder / f"seed-{tid}-{r.seed}.json", r)
         out[tid].append(r)
 
     if calls:
         log.info("meta-training again with other seeds: %d run(s) (tune.final_seeds = %d)", len(calls), n)
-        run(calls, keep)
+        run(calls, done)
     return {tid: sorted(v, key=lambda r: r.seed) for tid, v in out.items()}
 
 

@@ -161,9 +161,15 @@ def after_search(spec: SweepSpec) -> list[str]:
     point = spec.baseline_point()
     n = t.final_seeds - 1
     runs = 2 * n if point else n
+    top = min(t.race_top, t.num_samples)
     return [
         "baseline: " + (f"trial 1 is the base config ({', '.join(f'{k}={v}' for k, v in point.items())})"
                         if point else "none (tune.baseline: false): the summary cannot say whether searching helped"),
+        (f"race: the top {top} trials by validation accuracy re-validated on {t.race_episodes} fresh validation "
+         f"episodes ({top * t.race_episodes} episode evaluations, the cost of validating a trial "
+         f"{top * t.race_episodes / spec.base.eval.val_episodes:.0f} times, in one task with a trial's resources); "
+         "the race's leader is the winner" if top else
+         "race: none (tune.race_top: 0): the winner is the best validation accuracy of the search"),
         (f"after the search: the winner, the next {t.compare_top}{' and the baseline' if point else ''} tested on "
          f"the same {spec.base.eval.episodes} test episodes (at most {t.compare_top + (2 if point else 1)} test "
          "passes, in one task with a trial's resources)"),
@@ -201,7 +207,10 @@ def dry_run_text(spec: SweepSpec) -> str:
         f"scheduler: {t.scheduler}" + (f" on {spec.time_attr}, grace {t.grace_period}, reduction {t.reduction_factor}, "
                                        f"max_t {spec.max_t}" if t.scheduler == "asha" else ""),
         f"metric: {t.metric} ({t.mode}); retries per trial: {t.max_failures}",
-        f"pretraining: {'one shared entry for all trials' if shared else 'one entry per distinct pretraining setup'}",
+        "pretraining: " + ("one shared entry for all trials" if shared else (
+            f"in the search, one entry per distinct pretraining setup; each pretraining epoch is a result on the "
+            f"trial_epoch axis (1 to {spec.pretrain_span}, meta-training from {spec.pretrain_span + 1}), so ASHA "
+            "can stop a bad pretraining early")),
         *after_search(spec),
         f"storage: {spec.experiment_dir}",
         f"mlflow: {'on' if spec.settings.mlflow.enabled else 'off'}"

@@ -35,7 +35,7 @@ from mtl.config import Config, affects_pretraining
 from mtl.configs import find_config, load_config
 from mtl.errors import ConfigError, shown
 from mtl.metrics import optimisable
-from mtl.schema import Float, Int, Section, as_mapping, at_least, fail, in_range, load, positive, satisfies
+from mtl.schema import Float, Int, Section, as_mapping, at_least, fail, in_range, int_in, load, positive, satisfies
 from mtl.tune.space import Dist, parse_space
 from mtl.yamlio import read_yaml
 
@@ -58,6 +58,10 @@ class TuneSettings(Section):
     max_failures: satisfies(Int, lambda v: v >= -1, "must be >= 0 (or -1: retry forever)") = 2  # retries of a trial
     checkpoints_to_keep: at_least(1) = 2
     baseline: bool = True  # run the base config (its values of the space keys) as the first trial
+    # the finalists raced on fresh validation episodes (mtl.tune.race; 0: no race, the winner is the best
+    # validation accuracy of the search): 2,000 episodes tell apart what a 600-episode bank ties
+    race_top: int_in(0, 1_000, " finalists") = 4
+    race_episodes: int_in(2, 1_000_000, " episodes (an interval needs two)") = 2_000
     compare_top: at_least(0) = 2  # trials after the winner tested on the winner's test episodes
     final_seeds: at_least(1) = 1  # seeds of the winner's and the baseline's meta-training (1: the search's own)
 

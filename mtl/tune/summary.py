@@ -7,6 +7,7 @@ from typing import Any
 
 from mtl.results import Best, SweepSummary, TrialRow, fmt, pct
 from mtl.stats import in_words
+from mtl.tune.race import race_lines
 
 
 def mark_baseline(rows: list[TrialRow], point: dict[str, Any] | None) -> tuple[list[TrialRow], str | None]:
@@ -102,8 +103,9 @@ def comparison_lines(s: SweepSummary) -> list[str]:
 def _best_lines(b: Best) -> list[str]:
     tie_note = (f"; within its 95% CI: {', '.join(b.ties)} (marked ~): the winner is not clearly better"
                 if b.ties else "; no other trial within its 95% CI")
+    race = f"\n  race acc {pct(b.race_acc, b.race_ci95)} (fresh validation episodes)" if b.race_acc is not None else ""
     return [f"best trial {b.trial_id}: " + _config_text(b.config),
-            f"  val acc  {pct(b.val_acc, b.val_ci95)}{tie_note}",
+            f"  val acc  {pct(b.val_acc, b.val_ci95)}{tie_note}{race}",
             (f"  test acc {pct(b.test_acc, b.test_ci95)} (95% CI, {b.test_episodes} episodes; on {b.test_data}, "
              f"trained on {b.train_data})")]
 
@@ -116,6 +118,7 @@ def format_table(s: SweepSummary, top: int = 8) -> str:
     tied = set(s.best.ties) if s.best else set()
     if s.best:
         lines += _best_lines(s.best)
+    lines += race_lines(s.race) if s.race else []
     lines += comparison_lines(s)
     if s.verdict:
         lines.append(f"verdict: {s.verdict}")

@@ -31,11 +31,13 @@ from mtl.tune.cluster import (
     trial_resources,
     tune_verbosity,
 )
-from mtl.tune.finals import comparison, ray_runner, run_finals
+from mtl.tune.finals import comparison, run_finals
 from mtl.tune.outcome import result_row
 from mtl.tune.preflight import SPEC_FILE, Launch, check_inputs, check_state, identity
+from mtl.tune.race import ranked, run_race
 from mtl.tune.spec import SweepSpec
 from mtl.tune.summary import format_table, mark_baseline, ties, verdict
+from mtl.tune.tasks import ray_runner
 
 log = logging.getLogger(__name__)
 _USER_MAX_PENDING = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")  # a user's own setting wins
@@ -116,7 +118,9 @@ def _run(launch: Launch, start: float) -> SweepSummary:
         log.error("no trial produced a checkpoint; see the errors in %s/summary.json", exp)
     if tracker is not None:
         tracker.finish(summary.metrics(), artifacts=artifacts(exp), figures=figs,
-                       best_trial=summary.best.trial_id if summary.best else None, description=format_table(summary))
+                       best_trial=summary.best.trial_id if summary.best else None, description=format_table(summary),
+                       ranks={t.trial_id: t.rank for t in summary.trials if t.rank is not None},
+                       race={e.trial_id: e.val_acc for e in summary.race.trials} if summary.race else None)
     return summary
 
 
@@ -226,16 +230,20 @@ def _pretrain_task(base: dict[str, Any], cache_root: str) -> dict[str, Any]:
 
 def summarize(launch: Launch, result_grid: Any, resources: dict[str, float], wall_s: float,
               mlflow: MlflowLink | None = None, run: Any = None) -> SweepSummary:
-    """The sweep's summary: one row per trial (the baseline marked); the winner (best validation
-    accuracy), the runners-up and the baseline tested on the same episodes, compared pairwise
-    (:mod:`mtl.tune.finals`; ``run`` runs its tasks, default as Ray tasks with ``resources``); the
-    winner's state, config and per-episode accuracies exported to ``best/``."""
+    """The sweep's summary: one row per trial (the baseline marked); the finalists raced on fresh
+    validation episodes (:mod:`mtl.tune.race`), whose leader is the winner; the winner, the runners-up
+    and the baseline tested on the same episodes, compared pairwise (:mod:`mtl.tune.finals`; ``run``
+    runs the tasks, default as Ray tasks with ``resources``); the winner's state, config and
+    per-episode accuracies exported to ``best/``."""
     spec = launch.spec
     exp = spec.experiment_dir
     point = spec.baseline_point()
     rows, baseline = mark_baseline([result_row(r, spec.base.meta.epochs, spec.base.pretrain.epochs)
                                     for r in result_grid], point)
-    finals = run_finals(spec, rows, baseline, str(launch.cache_root), exp, run or ray_runner(resources))
+    run = run or ray_runner(resources)
+    raced = run_race(spec, rows, str(launch.cache_root), exp, run)
+    rows = ranked(rows, raced)
+    finals = run_finals(spec, rows, baseline, str(launch.cache_root), exp, run)
     best, comp, seeds = None, None, None
     if finals is not None:
         comp, seeds = comparison(finals, spec)
@@ -246,7 +254,9 @@ def summarize(launch: Launch, result_grid: Any, resources: dict[str, float], wal
         save_config(cfg, exp / "best" / "config.yaml")
         write_text_atomic(exp / "best" / "test_accs.csv", "episode,acc\n" + "".join(
             f"{i},{a:.6f}\n" for i, a in enumerate(res.accs)))
+        lead = raced.trials[0] if raced else None
         best = Best(trial_id=win.trial_id, config=win.config, val_acc=win.best_val_acc, val_ci95=win.best_val_ci95,
+                    race_acc=lead.val_acc if lead else None, race_ci95=lead.val_ci95 if lead else None,
                     ties=ties(win, [t for t in rows if t.ranked]), baseline=win.baseline, test_acc=res.acc,
                     test_ci95=res.ci95, test_episodes=len(res.accs), train_data=data_label(cfg.data),
                     test_data=res.test_data, checkpoint=str(exp / "best" / "meta_state.pt"),
@@ -256,7 +266,7 @@ def summarize(launch: Launch, result_grid: Any, resources: dict[str, float], wal
         space={k: {d.kind: list(d.args)} for k, d in spec.space.items()},
         distributions=space_distributions(spec),
         resources=resources, baseline=Baseline(trial_id=baseline, config=point) if point else None,
-        best=best, comparison=comp, final_seeds=seeds, trials=rows, wall_s=wall_s, mlflow=mlflow)
+        best=best, race=raced, comparison=comp, final_seeds=seeds, trials=rows, wall_s=wall_s, mlflow=mlflow)
     return summary.model_copy(update={"verdict": verdict(summary)})
 
 
