@@ -3,7 +3,8 @@
 Folder layout (``--out DIR``)::
 
     config.yaml        the resolved config
-    metrics.jsonl      one line per epoch of either phase
+    metrics.jsonl      one line per epoch of either phase (a resumed run keeps the lines written and adds
+                       only epochs not in it: one line per (phase, epoch), whatever ran twice)
     backbone.pt        the pre-trained backbone meta-transfer started from (a copy of its store entry)
     meta_state.pt      resumable meta-transfer state (last epoch, the best state, the backbone weights)
     result.json        test accuracy with its 95% CI, best validation accuracy, per-episode accuracies,
@@ -54,6 +55,7 @@ class RunDir:
         self.backbone = self.root / "backbone.pt"
         self.meta_state = self.root / "meta_state.pt"
         self.result = self.root / "result.json"
+        self.written: set[tuple[str, int]] = set()  # (phase, epoch) of the lines in metrics.jsonl
 
     def check(self, cfg: Config, resume: bool) -> None:
         """Refuse a folder this run must not use: another run without --resume, or --resume of a
@@ -83,8 +85,23 @@ class RunDir:
             self.root.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.config)
 
+    def read_written(self) -> None:
+        """Note the epochs metrics.jsonl already holds (on --resume): a report of one of them is
+        not written again (pretraining that starts over when its store entry is gone re-reports them)."""
+        lines = self.metrics.read_text().splitlines() if self.metrics.is_file() else []
+        for line in lines:
+            try:
+                m = json.loads(line)
+                self.written.add((m["phase"], m["epoch"]))
+            except (ValueError, TypeError, KeyError):  # not one of our lines: it marks no epoch as written
+                continue
+
     def append_metrics(self, metrics: dict[str, Any]) -> None:
-        append_text(self.metrics, json.dumps(metrics) + "\n")
+        """One line for ``metrics``' (phase, epoch), unless the file holds one already."""
+        key = (metrics["phase"], metrics["epoch"])
+        if key not in self.written:
+            append_text(self.metrics, json.dumps(metrics) + "\n")
+            self.written.add(key)
 
 
 def run_experiment(cfg: Config, out: str | Path, *, resume: bool = False,
@@ -107,11 +124,14 @@ def _experiment(cfg: Config, run: RunDir, resume: bool, report: Callable[[dict[s
     state = load_checkpoint(run.meta_state, "meta") if resume and run.meta_state.exists() else None
     started = dict.fromkeys(("pretrain", "meta"), time.monotonic())
     runs = {"pretrain": 0, "meta": 0}
+    if resume:
+        run.read_written()
     store = pretrain_store(cfg)
     held: list[Backbone] = []  # the backbone meta_state.pt embeds, read once
 
     def on_epoch(m: dict[str, Any], ck: dict[str, Any] | None) -> None:
         run.create(cfg)
+        run.append_metrics(m)  # first: a crash before the checkpoint is written re-runs the epoch, not its line
         if ck is not None:
             if not held:
                 held.append(backbone_of(ck["backbone_ref"], cfg, store))
@@ -119,7 +139,6 @@ def _experiment(cfg: Config, run: RunDir, resume: bool, report: Callable[[dict[s
             if not run.backbone.exists():
                 save_checkpoint(run.backbone, {"kind": "backbone", "backbone": cfg.model.backbone,
                                                "state": held[0].state, **held[0].ref})
-        run.append_metrics(m)
         phase = m["phase"]
         runs[phase] += 1
         if phase == "pretrain":  # meta-training starts after the last pretraining epoch
