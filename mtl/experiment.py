@@ -3,8 +3,11 @@
 Folder layout (``--out DIR``)::
 
     config.yaml        the resolved config
-    metrics.jsonl      one line per epoch of either phase
-    backbone.pt        the pre-trained backbone meta-transfer started from (a copy of its store entry)
+    metrics.jsonl      one line per epoch of either phase (a resumed run keeps the lines written and adds
+                       only epochs not in it: one line per (phase, epoch), whatever ran twice)
+    backbone.pt        the pre-trained backbone meta-transfer started from (a copy of its store entry);
+                       --resume meta-trains on it when its content hash is the one meta_state.pt names,
+                       whatever the store holds (another cache, a cleared one), so nothing pretrains again
     meta_state.pt      resumable meta-transfer state (last epoch, the best state, the backbone weights)
     result.json        test accuracy with its 95% CI, best validation accuracy, per-episode accuracies,
                        the training and the test data (eval.data: another dataset for cross-domain tests);
@@ -27,17 +30,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.claim import RunClaim
 from mtl.config import Config, config_from_dict, eval_query
 from mtl.configs import save_config
 from mtl.data import index_splits
 from mtl.data.evalset import data_label, decode_splits, eval_data, index_eval, is_cross_domain
-from mtl.errors import ConfigError, MTLError
+from mtl.errors import CheckpointError, ConfigError, MTLError
 from mtl.files import append_text, check_writable_dir, on_disk_full, write_json_atomic
 from mtl.metrics import epoch_line
 from mtl.phases.evaluate import evaluate_checkpoint
-from mtl.pretraining import RUN_FIX, Backbone, backbone_of, pretrain_store, standalone
+from mtl.pretraining import RUN_FIX, Backbone, backbone_of, content_hash, pretrain_store, standalone
 from mtl.runtime import make_env
 from mtl.schema import changed
 from mtl.trial import load_data, load_test, run_trial
@@ -54,6 +59,7 @@ class RunDir:
         self.backbone = self.root / "backbone.pt"
         self.meta_state = self.root / "meta_state.pt"
         self.result = self.root / "result.json"
+        self.written: set[tuple[str, int]] = set()  # (phase, epoch) of the lines in metrics.jsonl
 
     def check(self, cfg: Config, resume: bool) -> None:
         """Refuse a folder this run must not use: another run without --resume, or --resume of a
@@ -83,8 +89,44 @@ class RunDir:
             self.root.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.config)
 
+    def read_written(self) -> None:
+        """Note the epochs metrics.jsonl already holds (on --resume): a report of one of them is
+        not written again (pretraining that starts over when its store entry is gone re-reports them)."""
+        lines = self.metrics.read_text().splitlines() if self.metrics.is_file() else []
+        for line in lines:
+            try:
+                m = json.loads(line)
+                self.written.add((m["phase"], m["epoch"]))
+            except (ValueError, TypeError, KeyError):  # not one of our lines: it marks no epoch as written
+                continue
+
     def append_metrics(self, metrics: dict[str, Any]) -> None:
-        append_text(self.metrics, json.dumps(metrics) + "\n")
+        """One line for ``metrics``' (phase, epoch), unless the file holds one already."""
+        key = (metrics["phase"], metrics["epoch"])
+        if key not in self.written:
+            append_text(self.metrics, json.dumps(metrics) + "\n")
+            self.written.add(key)
+
+    def resumed_backbone(self, ck: dict[str, Any]) -> Backbone | None:
+        """backbone.pt when it holds the backbone the checkpoint ``ck`` was meta-trained on (the content
+        hash its ``backbone_ref`` names), else None (a warning says why, unless there is no backbone.pt)."""
+        if not self.backbone.is_file():
+            return None
+        ref = ck.get("backbone_ref") or {}
+        try:
+            state = load_checkpoint(self.backbone, "backbone").get("state")
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise CheckpointError(f"{self.backbone} holds no backbone weights")
+        except CheckpointError as e:
+            log.warning("%s; resuming without it", e)
+            return None
+        got = content_hash(state)
+        if got != ref.get("sha256"):
+            log.warning("%s holds backbone %s, not %s that %s was meta-trained on; resuming without it "
+                        "(it is replaced by the backbone the run continues on)", self.backbone, got[:12],
+                        str(ref.get("sha256"))[:12], self.meta_state.name)
+            return None
+        return Backbone(state, ref)
 
 
 def run_experiment(cfg: Config, out: str | Path, *, resume: bool = False,
@@ -107,19 +149,25 @@ def _experiment(cfg: Config, run: RunDir, resume: bool, report: Callable[[dict[s
     state = load_checkpoint(run.meta_state, "meta") if resume and run.meta_state.exists() else None
     started = dict.fromkeys(("pretrain", "meta"), time.monotonic())
     runs = {"pretrain": 0, "meta": 0}
+    if resume:
+        run.read_written()
+    own = run.resumed_backbone(state) if state is not None else None
+    copy = not run.backbone.exists() or (state is not None and own is None)  # backbone.pt to (re)write
     store = pretrain_store(cfg)
-    held: list[Backbone] = []  # the backbone meta_state.pt embeds, read once
+    held: list[Backbone] = [own] if own else []  # the backbone meta_state.pt embeds, read once
 
     def on_epoch(m: dict[str, Any], ck: dict[str, Any] | None) -> None:
+        nonlocal copy
         run.create(cfg)
+        run.append_metrics(m)  # first: a crash before the checkpoint is written re-runs the epoch, not its line
         if ck is not None:
             if not held:
                 held.append(backbone_of(ck["backbone_ref"], cfg, store))
             save_checkpoint(run.meta_state, standalone(ck, held[0]))
-            if not run.backbone.exists():
+            if copy:
                 save_checkpoint(run.backbone, {"kind": "backbone", "backbone": cfg.model.backbone,
                                                "state": held[0].state, **held[0].ref})
-        run.append_metrics(m)
+                copy = False
         phase = m["phase"]
         runs[phase] += 1
         if phase == "pretrain":  # meta-training starts after the last pretraining epoch
@@ -131,7 +179,8 @@ def _experiment(cfg: Config, run: RunDir, resume: bool, report: Callable[[dict[s
         if report:
             report(m)
 
-    end = run_trial(cfg, store=store, report=on_epoch, resume=state, env=env, data=data, store_fix=RUN_FIX)
+    end = run_trial(cfg, store=store, report=on_epoch, resume=state, env=env, data=data, backbone=own,
+                    store_fix=RUN_FIX)
     del data
     if end.diverged:
         result = {"diverged": end.diverged.as_dict(), "diverged_line": end.diverged.line(), "test_acc": None,
