@@ -45,7 +45,7 @@ EXCLUDES = [".git", "/.venv/", "/venv/", "/data/", "/ray_results/", "/runs/", "m
 
 # The smoke sweep, shrunk to about a minute on 2 CPU cores: fewer, smaller classes, short
 # pretraining and meta-training, few evaluation episodes. Still far above chance (20%).
-SMALL = ["tune.num_samples=4", *TINY_SWEEP, "data.synthetic.train_classes=16", "pretrain.epochs=2", "meta.epochs=2"]
+SMALL = ["tune.num_samples=4", "tune.race_episodes=40", *TINY_SWEEP, "data.synthetic.train_classes=16", "pretrain.epochs=2", "meta.epochs=2"]
 
 
 # ----------------------------------------------------------------------------- cluster.yaml

@@ -178,7 +178,8 @@ def test_experiment_opens_in_the_runs_view_with_the_sweeps_saved_view(store):
     view = json.loads(client.get_experiment(exp_id).tags["mlflow.sharedViewState.sweep_k"])
     assert view["name"] == "sweep sweep k" and isinstance(view["createdAt"], int)
     state = json.loads(view["state"])
-    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`val_acc`", False)
+    # ranked as the sweep selects: by the best validation accuracy, best first (the metric is the scheduler's)
+    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`best_val_acc`", False)
     assert state["selectedColumns"][:3] == ["params.`meta.inner_lr`", "params.`hard_tasks.ratio`", "metrics.`val_acc`"]
     assert state["columnOrder"] == ["attributes.`Run Name`", *state["selectedColumns"]]
     charts = state["compareRunCharts"]  # the chart view: val_acc's curves first, then the params against it
@@ -199,7 +200,7 @@ def test_experiment_opens_in_the_runs_view_with_the_sweeps_saved_view(store):
     tags = client.get_experiment_by_name("kind-new-test").tags
     assert (tags["mlflow.experimentKind"], tags["mlflow.experiment.primaryMetric.name"]) == ("custom_model_development",
                                                                                              "loss")
-    assert json.loads(json.loads(tags["mlflow.sharedViewState.s"])["state"])["orderByAsc"] is True
+    assert json.loads(json.loads(tags["mlflow.sharedViewState.s"])["state"])["orderByKey"] == "metrics.`best_val_acc`"
     remote = SweepTracker("http://tracking.example:5000", "e", "s")
     remote.experiment_id = "7"
     assert remote.ui_url().startswith("http://tracking.example:5000/#/experiments/7/runs?")
@@ -285,6 +286,33 @@ def test_finish_marks_one_winner_and_describes_the_sweep(store, caplog):
     parent = mlflow.MlflowClient(uri).get_run(parent_id).data.tags
     assert parent["best_trial"] == "t404" and "best_run_id" not in parent
     assert "tags.best" not in _runs(uri, "best-test").columns  # no run holds the tag any more
+
+
+def test_the_finished_sweeps_view_ranks_the_trials_in_its_order(store):
+    """After the race the winner need not have the best validation accuracy of the search: the
+    finished sweep's view sorts by each run's rank (1: the winner), so the winner is the first row
+    and MLflow, the printed table and the report rank the trials alike."""
+    from mtl.compat import view_state
+
+    uri = store[0]
+    tracker = SweepTracker(uri, "rank-test", "sweep-k")
+    tracker.start({})
+    cb = TrackerCallback(tracker, EPOCHS)
+    for tid, best in (("t1", 0.80), ("t2", 0.78), ("t3", 0.60)):
+        cb.on_trial_start(0, [], FakeTrial(tid, {"meta.inner_lr": best}, evaluated_params={"meta.inner_lr": best}))
+        cb.on_trial_result(0, [], FakeTrial(tid, {}), {**_result(1, best), "best_val_acc": best, "phase": "meta"})
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("rank-test")
+    running = view_state(exp.tags["mlflow.sharedViewState.sweep-k"])
+    assert (running["orderByKey"], running["orderByAsc"]) == ("metrics.`best_val_acc`", False)
+    tracker.finish({}, best_trial="t2", ranks={"t2": 1, "t1": 2, "t3": 3}, race={"t2": 0.76, "t1": 0.72})
+    done = view_state(client.get_experiment(exp.experiment_id).tags["mlflow.sharedViewState.sweep-k"])
+    assert (done["orderByKey"], done["orderByAsc"]) == ("metrics.`rank`", True)
+    assert done["selectedColumns"][:2] == ["params.`meta.inner_lr`", "metrics.`rank`"]
+    runs = _runs(uri, "rank-test")
+    runs = runs[runs["tags.mlflow.parentRunId"].notna()].sort_values("metrics.rank")
+    assert list(runs["tags.trial_id"]) == ["t2", "t1", "t3"] and runs.iloc[0]["tags.best"] == "true"
+    assert list(runs["metrics.race_val_acc"].fillna(-1)) == [0.76, 0.72, -1]
 
 
 def test_store_errors_do_not_stop_the_sweep(store, caplog):

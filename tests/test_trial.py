@@ -122,6 +122,13 @@ def test_validation_is_kept_per_episode_and_alike_trials_embed_the_test_episodes
     assert len(calls) == 2 * math.ceil(cfg.eval.episodes / cfg.eval.batch_episodes)  # a and b share one pass
     assert len(out["a"]["accs"]) == cfg.eval.episodes and out["a"]["episodes_key"] == out["c"]["episodes_key"]
     assert out["a"]["val_accs"] == ck["val_accs"] and (tmp_path / "best.pt").is_file()
+    # the race: the same checkpoints on fresh validation episodes, as many as asked, none from the selection bank
+    from mtl.tune.tasks import race_task
+
+    calls.clear()
+    raced = race_task([(n, str(tmp_path / n)) for n in ("a", "b")], str(store), 12)
+    assert len(raced["a"]["accs"]) == 12 and raced["a"]["accs"] == raced["b"]["accs"] and raced["a"]["shared_features"]
+    assert raced["a"]["episodes_key"] != out["a"]["val_key"] and len(calls) == math.ceil(12 / cfg.eval.batch_episodes)
 
 
 def test_a_trial_that_diverges_reports_a_last_worst_result_without_a_checkpoint(trial, poison_loss, caplog):

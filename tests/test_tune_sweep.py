@@ -118,10 +118,19 @@ def test_smoke_sweep_end_to_end(ray_local, store, tmp_path):
         assert [h["epoch"] for h in t["history"]] == list(range(1, t["epoch"] + 1))
         assert t["checkpoint"] and Path(t["checkpoint"]).is_dir()
 
-    # the winner: best validation accuracy, tested once, far enough above chance (5-way: 0.2)
-    best = summary["best"]
+    # the winner: the race's leader among the top four by validation accuracy, tested once, far enough
+    # above chance (5-way: 0.2)
+    best, race = summary["best"], summary["race"]
     assert best["config"] in [t["config"] for t in trials]
-    assert best["val_acc"] == max(t["best_val_acc"] for t in trials)
+    top4 = sorted((t for t in trials if t["checkpoint"]), key=lambda t: -t["best_val_acc"])[:4]
+    assert {e["trial_id"] for e in race["trials"]} == {t["trial_id"] for t in top4} and race["episodes"] == 60
+    assert best["trial_id"] == race["trials"][0]["trial_id"] and best["race_acc"] == race["trials"][0]["val_acc"]
+    assert best["val_acc"] == next(t["best_val_acc"] for t in trials if t["trial_id"] == best["trial_id"])
+    assert [t["trial_id"] for t in sorted(trials, key=lambda t: t["rank"])][:4] == [
+        e["trial_id"] for e in race["trials"]]  # the sweep's order: the race's first
+    assert race["separated"] is (race["trials"][1]["vs_leader"]["ci_low"] > 0)
+    assert sorted(p.name for p in (exp / "final").glob("race-*.json")) == sorted(
+        f"race-{e['trial_id']}.json" for e in race["trials"])
     assert best["test_episodes"] == 40 and 0 < best["test_ci95"] < 0.1
     assert best["test_acc"] - best["test_ci95"] > 0.2, best
     assert (best["train_data"], best["test_data"]) == ("synthetic", "synthetic (test split)")  # eval.data default
@@ -137,7 +146,7 @@ def test_smoke_sweep_end_to_end(ray_local, store, tmp_path):
     (exp / "summary.json").unlink()
     again = run_sweep(spec, resume=True).model_dump(mode="json")
     assert {p.name: p.stat().st_mtime_ns for p in (exp / "final").iterdir()} == final
-    for key in ("baseline", "comparison", "final_seeds", "best", "verdict"):
+    for key in ("baseline", "race", "comparison", "final_seeds", "best", "verdict"):
         assert json.loads(json.dumps(again[key])) == json.loads(json.dumps(summary[key])), key
     assert sorted((t["trial_id"], t["baseline"]) for t in again["trials"]) == sorted(
         (t["trial_id"], t["baseline"]) for t in trials)
@@ -188,9 +197,9 @@ def _check_searching_helped_or_not(spec, summary, store):
     firsts = {tid: results(d)[0]["timestamp"] for tid, d in trial_dirs(exp).items()}
     assert firsts[base["trial_id"]] == min(firsts.values())
 
-    # the winner, the next two by validation accuracy and the baseline, on the same 40 test episodes
+    # the winner, the next two in the sweep's order (the race's) and the baseline, on the same 40 test episodes
     comp = summary["comparison"]
-    ranked = sorted((t for t in trials if t["checkpoint"]), key=lambda t: -t["best_val_acc"])
+    ranked = sorted((t for t in trials if t["checkpoint"]), key=lambda t: t["rank"])
     ids = [t["trial_id"] for t in comp["trials"]]
     assert ids[:3] == [t["trial_id"] for t in ranked[:3]] and base["trial_id"] in ids and len(set(ids)) == len(ids)
     assert comp["episodes"] == 40 and comp["trials"][0]["test_acc"] == best["test_acc"]
@@ -220,8 +229,13 @@ def _check_searching_helped_or_not(spec, summary, store):
     parent = summary["mlflow"]["parent_run_id"]
     assert "report.html" in [a.path for a in client.list_artifacts(parent)]
     assert "figures/parallel_coordinates.png" in [a.path for a in client.list_artifacts(parent, "figures")]
-    (child,) = [r for r in _runs(store, spec.name)[2] if r.data.tags.get("baseline") == "true"]
+    children = _runs(store, spec.name)[2]
+    (child,) = [r for r in children if r.data.tags.get("baseline") == "true"]
     assert child.data.tags["trial_id"] == base["trial_id"]
+    # MLflow ranks the trials as the summary does: the winner first
+    by_rank = sorted(children, key=lambda r: r.data.metrics["rank"])
+    assert [r.data.tags["trial_id"] for r in by_rank] == [t["trial_id"] for t in sorted(trials, key=lambda t: t["rank"])]
+    assert by_rank[0].data.tags["best"] == "true"
     if not best["baseline"]:
         assert 0 <= client.get_run(parent).data.metrics["winner_vs_baseline_p"] <= 1
     (exp / "report.html").unlink()

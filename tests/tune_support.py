@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "tune.py"
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"
 
-TINY = TINY_SWEEP  # the sweep tests' sizes (tiny_settings.py)
+TINY = [*TINY_SWEEP, "tune.race_episodes=60"]  # the sweep tests' sizes (tiny_settings.py); a short race
 
 # Environment of every Ray process the tests start (ecosystem.md §1.11, §1.12).
 RAY_ENV = {
