@@ -95,7 +95,7 @@ def test_sweep_space_searching_the_recipe(tmp_path):
     assert (trial.pretrain.epochs, trial.pretrain.head, trial.pretrain.lr) == (17, "linear", 0.02)
     text = dry_run_text(spec)
     assert "# a trial with pretrain.recipe=tf: pretrain.recipe tf supplies epochs, batch_size, optimizer" in text
-    assert "pretraining: one entry per distinct pretraining setup" in text
+    assert "pretraining: in the search, one entry per distinct pretraining setup; each pretraining epoch is a result" in text
 
 
 def test_resolved_config_yaml_states_the_recipe_and_round_trips(tmp_path):
