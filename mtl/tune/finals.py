@@ -78,7 +78,7 @@ def compared(rows: list[TrialRow], baseline: str | None, top: int) -> list[tuple
 
 def episodes_key(cfg: Any, split: str = "test") -> str:
     """What decides a bank of episodes: the data, way, shot, queries, count and seed."""
-    from mtl.config import eval_query
+    from mtl.config import eval_query, validation_query
     from mtl.episodes import bank_seed
 
     data = {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"}
@@ -86,7 +86,8 @@ def episodes_key(cfg: Any, split: str = "test") -> str:
     if split == "test":
         data["eval.data"] = e.data.to_dict()
     count, seed = (e.episodes, bank_seed(e.seed, "test")) if split == "test" else (e.val_episodes, bank_seed(e.seed, "val"))
-    return json.dumps([data, m.way, m.shot, eval_query(m, e), count, seed], sort_keys=True)
+    query = eval_query(m, e) if split == "test" else validation_query(e)
+    return json.dumps([data, m.way, m.shot, query, count, seed], sort_keys=True)
 
 
 def _feature_key(ck: dict[str, Any], cfg: Any) -> str:
