@@ -51,7 +51,8 @@ BATCH = int_in(1, 65_536, ": no device holds a larger batch")  # images, tasks o
 # a 95% interval needs two episodes (one reports ± 0.00); the papers test 600, some works 10,000
 EPISODES = int_in(2, 1_000_000, ": a 95% interval needs at least two episodes (one reports ± 0.00), and no "
                   "test needs more than a million")
-QUERIES = int_in(1, 100_000, ": no class of a dataset holds that many images")  # tieredImageNet's largest: ~1,300
+# the largest class of a few-shot dataset holds about 1,300 images (tieredImageNet)
+QUERIES = int_in(1, 100_000, ": an episode needs a query per class, and no dataset's class holds 100,000 images")
 LearningRate = positive(" (a learning rate)")
 Decay = in_range(0, 1, "(]", " (a decay factor)")
 

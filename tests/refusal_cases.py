@@ -313,8 +313,8 @@ CASES: dict[str, tuple[str, list, list[str]]] = {
     # 15. validation queries: their bounds, and what the val split holds (TINY: 30 images per class; the
     # synthetic preset of a sweep: 60), under either protocol (paper takes Q = K for the test alone)
     "val-query-huge": (TRAIN, ["synthetic", "--set", "eval.val_query=1000000"],
-                       ["eval.val_query = 1000000 must be in [1, 100000]", "no class of a dataset holds that many"]),
-    "val-query-zero": (TRAIN, ["synthetic", "--set", "eval.val_query=0"], ["eval.val_query = 0 must be in [1, 10"]),
+                       ["eval.val_query = 1000000 must be in [1, 100000]", "no dataset's class holds 100,000 images"]),
+    "val-query-zero": (TRAIN, ["synthetic", "--set", "eval.val_query=0"], ["eval.val_query = 0 must be in [1, 10", "needs a query per class"]),
     "val-query-over-val-split": (TRAIN, ["synthetic", "--set", "eval.val_query=40"],
                                  ["meta.shot + eval.val_query (1+40) = 41 images per class but a val class has only",
                                   " only 30; lower eval.val_query (validation queries per class) to at most 29"]),
