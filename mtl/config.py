@@ -51,6 +51,8 @@ BATCH = int_in(1, 65_536, ": no device holds a larger batch")  # images, tasks o
 # a 95% interval needs two episodes (one reports ± 0.00); the papers test 600, some works 10,000
 EPISODES = int_in(2, 1_000_000, ": a 95% interval needs at least two episodes (one reports ± 0.00), and no "
                   "test needs more than a million")
+# the largest class of a few-shot dataset holds about 1,300 images (tieredImageNet)
+QUERIES = int_in(1, 100_000, ": an episode needs a query per class, and no dataset's class holds 100,000 images")
 LearningRate = positive(" (a learning rate)")
 Decay = in_range(0, 1, "(]", " (a decay factor)")
 
@@ -181,6 +183,7 @@ class Eval(Section):
     query: Count = 15  # query images per class at evaluation (protocol: standard)
     inner_steps: STEPS = 100
     val_episodes: EPISODES = 600  # size of the fixed validation bank used for model selection
+    val_query: QUERIES = 15  # query images per class in validation episodes, under either protocol
     val_every: Count = 1  # meta-train epochs between validations
     protocol: Literal["standard", "paper"] = "standard"  # paper: query = shot, flipped support copies
     # seed of three separate episode banks: the pretraining probe's, meta-validation's, the test episodes
@@ -251,26 +254,30 @@ def eval_query(meta: Meta, ev: Eval) -> int:
     return meta.shot if ev.protocol == "paper" else ev.query
 
 
+def validation_query(ev: Eval) -> int:
+    """Query images per class of the validation bank: ``eval.val_query``, whatever the test's protocol."""
+    return ev.val_query
+
+
 def check_against_data(cfg: Config, splits: Mapping[str, tuple[int, int]]) -> None:
     """Episode shapes against the data: ``splits`` maps split -> (classes, fewest images in a class).
+    Called after the (cheap) dataset listing and before any decoding or training."""
 
-    Called after the (cheap) dataset listing and before any decoding or training.
-    """
-
-    def need(split: str, way: int, per_class: int, what: str, way_key: str) -> None:
+    def need(split: str, way: int, per_class: int, what: str, way_key: str, fix: str = "") -> None:
         n_cls, min_imgs = splits[split]
         if way > n_cls:
             raise ConfigError(f"{way_key} = {way} but the {split} split has only {n_cls} classes; "
                               f"lower {way_key} to at most {n_cls}")
         if per_class > min_imgs:
             raise ConfigError(f"{what} = {per_class} images per class but a {split} class has only {min_imgs}; "
-                              f"lower the shot or query counts")
+                              f"{fix or 'lower the shot or query counts'}")
 
     m, p = cfg.meta, cfg.pretrain
     need("train", m.way, m.shot + m.query, f"meta.shot + meta.query ({m.shot}+{m.query})", "meta.way")
-    qe = eval_query(m, cfg.eval)
-    for split in ("val", "test"):
-        need(split, m.way, m.shot + qe, f"meta.shot + eval query ({m.shot}+{qe})", "meta.way")
+    qv, room = validation_query(cfg.eval), splits["val"][1] - m.shot  # room: queries a val class has beside the shot
+    need("val", m.way, m.shot + qv, f"meta.shot + eval.val_query ({m.shot}+{qv})", "meta.way",
+         f"lower eval.val_query (validation queries per class) to at most {room}" if room > 0 else "lower meta.shot")
+    need("test", m.way, m.shot + (qe := eval_query(m, cfg.eval)), f"meta.shot + eval query ({m.shot}+{qe})", "meta.way")
     if p.checkpoint is None:
         need("val", p.val_way, p.val_shot + p.val_query,
              f"pretrain.val_shot + pretrain.val_query ({p.val_shot}+{p.val_query})", "pretrain.val_way")

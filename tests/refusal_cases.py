@@ -310,6 +310,22 @@ CASES: dict[str, tuple[str, list, list[str]]] = {
                             ["holds non-finite weights (current.head.weight has NaN or inf)"]),
     "predict-out-folder": (PREDICT, [_meta_checkpoint, "--support", _support, "--query", _query,
                                      "--out", lambda tmp: str(tmp / "imgs")], ["imgs is a folder", "predictions.csv"]),
+    # 15. validation queries: their bounds, and what the val split holds (TINY: 30 images per class; the
+    # synthetic preset of a sweep: 60), under either protocol (paper takes Q = K for the test alone)
+    "val-query-huge": (TRAIN, ["synthetic", "--set", "eval.val_query=1000000"],
+                       ["eval.val_query = 1000000 must be in [1, 100000]", "no dataset's class holds 100,000 images"]),
+    "val-query-zero": (TRAIN, ["synthetic", "--set", "eval.val_query=0"], ["eval.val_query = 0 must be in [1, 10", "needs a query per class"]),
+    "val-query-over-val-split": (TRAIN, ["synthetic", "--set", "eval.val_query=40"],
+                                 ["meta.shot + eval.val_query (1+40) = 41 images per class but a val class has only",
+                                  " only 30; lower eval.val_query (validation queries per class) to at most 29"]),
+    "val-query-over-val-split-paper": (TRAIN, ["synthetic", "--set", "eval.protocol=paper", "--set",
+                                               "eval.val_query=30"],
+                                       ["meta.shot + eval.val_query (1+30) = 31 images per class",
+                                        "val class has only 30", "lower eval.val_query", "at most 29"]),
+    "val-query-in-space": (TUNE, [_space("eval.val_query: {int: [5, 80]}")],
+                           ["space eval.val_query: value 80 does not fit the data",
+                            "meta.shot + eval.val_query (1+80) = 81 images per class but a val class has only 60",
+                            "lower eval.val_query (validation queries per class) to at most 59"]),
 }
 
 # rows whose input would take gigabytes and minutes if expanded (or exhaust Python's stack): run as

@@ -114,3 +114,22 @@ def test_episode_shapes_checked_against_the_data():
         check_against_data(cfg, {**ok, "train": (64, 12)})
     with pytest.raises(ConfigError, match=r"eval query"):
         check_against_data(cfg, {**ok, "test": (20, 19)})
+
+
+def test_validation_queries_are_checked_against_the_val_split_apart_from_the_test_protocol():
+    ok = {"train": (64, 600), "val": (16, 20), "test": (20, 600)}
+    paper = load_config(None, ["meta.shot=5", "eval.protocol=paper", "eval.val_query=15"])
+    check_against_data(paper, ok)  # validation: 5 + 15 = 20, what a val class holds
+    with pytest.raises(ConfigError, match=r"^meta.shot \+ eval.val_query \(5\+16\) = 21 images per class but a val "
+                                          r"class has only 20; lower eval.val_query \(validation queries per class\) "
+                                          r"to at most 15$"):
+        check_against_data(paper.with_overrides(["eval.val_query=16"]), ok)
+    with pytest.raises(ConfigError, match=r"val class has only 5; lower meta.shot$"):  # no query fits beside the shot
+        check_against_data(paper, {**ok, "val": (16, 5)})
+    check_against_data(paper, {**ok, "test": (20, 10)})  # the test: Q = K = 5
+    with pytest.raises(ConfigError, match=r"eval query \(5\+5\) = 10 images per class but a test class has only 9"):
+        check_against_data(paper, {**ok, "test": (20, 9)})
+    standard = load_config(None, ["meta.shot=5", "eval.query=10", "eval.val_query=15"])
+    check_against_data(standard, {**ok, "test": (20, 15)})
+    with pytest.raises(ConfigError, match=r"eval.val_query \(5\+15\) = 20 images per class but a val class has only"):
+        check_against_data(standard, {**ok, "val": (16, 19)})  # 19, while the test needs 5 + 10

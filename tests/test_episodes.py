@@ -1,5 +1,8 @@
 """Episode sampling and the fixed episode banks."""
 
+import json
+
+import pytest
 import torch
 
 from mtl.episodes import BANKS, bank_seed, episode_bank, sample_episodes
@@ -91,3 +94,47 @@ def test_the_trainers_draw_their_banks_from_separate_seeds():
     assert _episode_set(probe) == _episode_set(episode_bank(data["val"].offsets, 5, 1, 15, 20, bank_seed(0, "probe")))
     assert _episode_set(val) == _episode_set(episode_bank(data["val"].offsets, 5, 1, 15, 20, bank_seed(0, "val")))
     assert not _episode_set(probe) & _episode_set(val)
+
+
+@pytest.mark.parametrize("extra, test_query, flip", [(["eval.protocol=paper", "meta.shot=1"], 1, True),
+                                                     (["eval.query=10"], 10, False)])
+def test_the_validation_bank_takes_its_own_query_count_whatever_the_test_protocol(monkeypatch, extra, test_query,
+                                                                                 flip):
+    """Validation: eval.val_query (15) queries per class; the test: Q = K under the paper protocol, eval.query
+    under the standard one; both with the protocol's flipped support copies (or neither)."""
+    from tiny_settings import TINY
+
+    from mtl.configs import load_config
+    from mtl.models.backbones import create_backbone
+    from mtl.phases import evaluate as evaluation
+    from mtl.phases import meta
+    from mtl.runtime import make_env
+    from mtl.trial import load_data, meta_trainer
+    from mtl.tune.finals import episodes_key
+
+    seen = []
+
+    def spy(original):
+        def run(embed, source, episodes, *args, flip_support=False, **kwargs):
+            seen.append((episodes.n_query, episodes.query.shape, flip_support))
+            return original(embed, source, episodes, *args, flip_support=flip_support, **kwargs)
+        return run
+
+    monkeypatch.setattr(meta, "evaluate", spy(evaluation.evaluate))
+    monkeypatch.setattr(evaluation, "evaluate", spy(evaluation.evaluate))
+    # eval.val_query: its default, 15; four episodes of each bank and one inner step are enough to see their shapes
+    cfg = load_config("synthetic", [*TINY, "eval.val_episodes=4", "eval.episodes=4", "eval.inner_steps=1", *extra])
+    env = make_env(cfg.runtime)
+    data = load_data(cfg, env, ("train", "val", "test"))
+    backbone = create_backbone("tiny").state_dict()
+    t = meta_trainer(cfg, env, data, backbone)
+    assert (t.val_bank.shot, t.val_bank.n_query, t.val_bank.query.shape) == (1, 15, (4, 5 * 15))
+    t.evaluate(t.val, t.val_bank)
+    evaluation.evaluate_checkpoint({"backbone": backbone, "best_state": None, "current": t.trainable_state()},
+                                   cfg, env, data["test"])
+    assert seen == [(15, (4, 5 * 15), flip), (test_query, (4, 5 * test_query), flip)]
+    # a sweep pairs trials on the banks these keys name: validation's holds its own query count
+    assert json.loads(episodes_key(cfg, "val"))[3] == 15 and json.loads(episodes_key(cfg))[3] == test_query
+    other = cfg.with_overrides(["eval.val_query=12"])
+    assert meta_trainer(other, env, data, backbone).val_bank.n_query == 12
+    assert episodes_key(other, "val") != episodes_key(cfg, "val") and episodes_key(other) == episodes_key(cfg)

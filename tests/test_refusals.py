@@ -132,8 +132,8 @@ def test_non_image_files_are_skipped_with_one_warning_per_split(tmp_path, capsys
     for c in ("c0", "c1"):
         (root / "train" / c / "notes.txt").write_text("labels by hand")
     (root / "train" / "c0" / ".DS_Store").write_bytes(b"\0")  # hidden: not worth a word
-    small = [*TINY, "meta.way=2", "meta.shot=1", "meta.query=1", "eval.query=1", "pretrain.val_way=2",
-             "pretrain.val_shot=1", "pretrain.val_query=1", "hard_tasks.ratio=0"]
+    small = [*TINY, "meta.way=2", "meta.shot=1", "meta.query=1", "eval.query=1", "eval.val_query=1",
+             "pretrain.val_way=2", "pretrain.val_shot=1", "pretrain.val_query=1", "hard_tasks.ratio=0"]
     argv = ["train", "synthetic", "--set", "data.dataset=folder", "--set", f"data.root={root}", "--dry-run", "-q",
             *_sets(small)]
     with caplog.at_level(logging.WARNING, logger="mtl"):

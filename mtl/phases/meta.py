@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from mtl.config import Eval, HardTasks, Meta, Model, eval_query, hard_batches_per_window
+from mtl.config import Eval, HardTasks, Meta, Model, hard_batches_per_window, validation_query
 from mtl.data.transforms import Normalize
 from mtl.episodes import Episodes, bank_seed, episode_bank, sample_episodes
 from mtl.hard_tasks import HardTaskScheduler
@@ -67,7 +67,9 @@ class MetaTrainer(Watched):
                                     seed=env.seed + 3)
         self.normalize = Normalize(normalization, env.device, env.channels_last)
         self.embed = Embedder(self.model, self.normalize, env)
-        self.val_bank = episode_bank(val.offsets, m.way, m.shot, eval_query(m, ev), ev.val_episodes,
+        # its own query count under either protocol (it selects; the paper's Q = K is the test's alone),
+        # with the protocol's flipped support copies (evaluate)
+        self.val_bank = episode_bank(val.offsets, m.way, m.shot, validation_query(ev), ev.val_episodes,
                                      bank_seed(ev.seed, "val"))
         self.epoch = 0
         self.step = 0

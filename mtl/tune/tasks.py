@@ -62,7 +62,7 @@ class Reseeded(BaseModel):
 def episodes_key(cfg: Any, split: str = "test", count: int | None = None) -> str:
     """What decides a bank of episodes: the data, way, shot, queries, count and seed (``split``:
     test, val, or race, the fresh validation episodes of ``count`` episodes)."""
-    from mtl.config import eval_query
+    from mtl.config import eval_query, validation_query
     from mtl.episodes import bank_seed
 
     data = {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"}
@@ -70,7 +70,7 @@ def episodes_key(cfg: Any, split: str = "test", count: int | None = None) -> str
     if split == "test":
         data["eval.data"] = e.data.to_dict()
         return json.dumps([data, m.way, m.shot, eval_query(m, e), e.episodes, bank_seed(e.seed, "test")], sort_keys=True)
-    parts = [data, m.way, m.shot, eval_query(m, e), e.val_episodes, bank_seed(e.seed, "val")]
+    parts = [data, m.way, m.shot, validation_query(e), e.val_episodes, bank_seed(e.seed, "val")]
     if split == "race":
         parts += [count, bank_seed(e.seed, "race")]
     return json.dumps(parts, sort_keys=True)
@@ -91,7 +91,7 @@ def _evaluate_all(items: list[tuple[str, str]], cache_root: str, split: str, cou
     """Evaluate each ``(trial_id, checkpoint_dir)``'s best state on the bank ``split`` names (see
     :func:`episodes_key`); ``each(trial_id, stand-alone checkpoint, config, result)`` sees each."""
     from mtl.checkpoint import load_checkpoint
-    from mtl.config import config_from_dict, eval_query
+    from mtl.config import config_from_dict, validation_query
     from mtl.data import load_split
     from mtl.episodes import bank_seed, episode_bank
     from mtl.phases.evaluate import evaluate_checkpoint
@@ -116,7 +116,7 @@ def _evaluate_all(items: list[tuple[str, str]], cache_root: str, split: str, cou
                 m, e = cfg.meta, cfg.eval
                 val = load_split(cfg.data, "val", progress=False)
                 val = val.to(env.device) if cfg.runtime.data_on_device else val
-                q = eval_query(m, e)
+                q = validation_query(e)
                 selection = episode_bank(val.offsets, m.way, m.shot, q, e.val_episodes, bank_seed(e.seed, "val"))
                 fresh = episode_bank(val.offsets, m.way, m.shot, q, count, bank_seed(e.seed, "race"), exclude=selection)
                 loaded[banks[tid]] = (val, selection if split == "val" else fresh)

@@ -11,7 +11,7 @@ from tune_support import LAUNCH, ROOT
 from mtl.configs import load_config, packaged_configs
 from mtl.tune.spec import load_spec
 
-SMALL = ["meta.query=2", "eval.query=2", "pretrain.val_query=2"]  # the fake datasets hold 3-4 images a class
+SMALL = ["meta.query=2", "eval.query=2", "eval.val_query=2", "pretrain.val_query=2"]  # fakes: 3-4 images a class
 
 
 @pytest.fixture(scope="module")
