@@ -106,6 +106,11 @@ class TrialRow(Result):
         acc = -self.best_val_acc if self.best_val_acc is not None else math.inf
         return acc, self.seq if self.seq is not None else math.inf, self.trial_id
 
+    @property
+    def place(self) -> tuple[float, tuple[float, float, str]]:
+        """The sort key of the sweep's order: its ``rank`` where the sweep gave it one, else :attr:`order`."""
+        return (self.rank if self.rank is not None else math.inf), self.order
+
 
 class EpochPaired(Paired):
     epoch: int
@@ -250,7 +255,7 @@ class SweepSummary(Result):
 
     def ranked(self) -> list[TrialRow]:
         """Every trial in the sweep's order (:attr:`TrialRow.rank`: the race's finalists first)."""
-        return sorted(self.trials, key=lambda t: (t.rank if t.rank is not None else math.inf, t.order))
+        return sorted(self.trials, key=lambda t: t.place)
 
     def metrics(self) -> dict[str, float]:
         """The numbers MLflow's parent run holds."""

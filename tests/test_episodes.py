@@ -69,7 +69,7 @@ def test_probe_validation_and_test_banks_share_no_episode():
     # the pretraining probe and meta-validation draw the same shape from the same split
     offsets = torch.arange(17, dtype=torch.int64) * 600
     seeds = {role: bank_seed(0, role) for role in BANKS}
-    assert len(set(seeds.values())) == 3
+    assert len(set(seeds.values())) == len(BANKS) == 4  # the probe, validation, test and race banks
     banks = {role: _episode_set(episode_bank(offsets, 5, 1, 15, 600, s)) for role, s in seeds.items()}
     assert all(len(b) == 600 for b in banks.values())
     assert not banks["probe"] & banks["val"] and not banks["probe"] & banks["test"] and not banks["val"] & banks["test"]
@@ -110,7 +110,7 @@ def test_the_validation_bank_takes_its_own_query_count_whatever_the_test_protoco
     from mtl.phases import meta
     from mtl.runtime import make_env
     from mtl.trial import load_data, meta_trainer
-    from mtl.tune.finals import episodes_key
+    from mtl.tune.tasks import episodes_key
 
     seen = []
 

@@ -39,7 +39,7 @@ def test_trial_row_holds_the_summary_keys():
         "planned_epochs": 4, "planned_pretrain_epochs": None, "outcome": "stopped_early", "stopped_early": True,
         "diverged_update": None, "error": None, "checkpoint": "/ck",
         "history": [{"epoch": 1, "val_acc": 0.31}, {"epoch": 2, "val_acc": 0.32}], "pretrain_history": [],
-        "baseline": False}
+        "baseline": False, "rank": None}
     failed = trial_row("t2", None, None, RAY_TRACE, 4)
     assert (failed.outcome, failed.stopped_early, failed.epoch, failed.history) == ("errored", False, 0, [])
     assert failed.stopped_in is None and failed.reached == "0/4"

@@ -229,7 +229,7 @@ def test_pretrain_cache_on_the_store(tmp_path):
             state_path.write_text("resumable")
             raise RuntimeError("pretraining crashed")
         assert state_path.read_text() == "resumable"  # the successor finds its predecessor's state
-        return {"kind": "backbone", "state": {"w": torch.ones(2)}, "val_acc": 0.5, "epoch": 3}
+        return {"kind": "backbone", "state": {"w": torch.ones(2)}, "val_acc": 0.5, "epoch": 3, "history": []}
 
     with pytest.raises(RuntimeError, match="pretraining crashed"):
         cache.get_or_build(Config(), build, who="t1", dataset_fp="fp")

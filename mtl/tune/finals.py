@@ -27,9 +27,9 @@ FINAL_DIR = "final"
 
 def compared(rows: list[TrialRow], baseline: str | None, top: int) -> list[tuple[TrialRow, list[Role]]]:
     """(row, roles) of the trials to test: the winner, the next ``top`` and the baseline, in that
-    order; a role list holds ``winner``, ``runner_up`` and/or ``baseline``. ``rows`` in the sweep's
-    order, best first (:func:`mtl.tune.race.ranked`)."""
-    ranked = [t for t in rows if t.ranked]
+    order; a role list holds ``winner``, ``runner_up`` and/or ``baseline``, the others in the sweep's
+    order (:attr:`~mtl.results.TrialRow.place`: the race's, :func:`mtl.tune.race.ranked`)."""
+    ranked = sorted((t for t in rows if t.ranked), key=lambda t: t.place)
     out: list[tuple[TrialRow, list[Role]]] = [(t, ["winner" if i == 0 else "runner_up"])
                                               for i, t in enumerate(ranked[:1 + top])]
     for t, roles in out:
