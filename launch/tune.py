@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_output(args.verbose)  # before anything imports ray
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt=LOG_DATEFMT)
     from mtl.tune import SweepInterrupted
-    from mtl.tune.spec import check_local_resources, load_spec
+    from mtl.tune.cluster import check_local_resources
+    from mtl.tune.spec import load_spec
 
     spec = None
     try:

@@ -10,24 +10,21 @@ YAML file and the files of its ``base:`` chain, ``--set``, a sweep's ``config:``
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mtl.registry import RECIPES
 
-if TYPE_CHECKING:
-    from mtl.config import Config
-
 # The official PyTorch code (run_pre.py, models/mtl.py; docs/algorithm.md §2): SGD Nesterov, step
 # decay, crop + flip, an MLP pretraining head, the best epoch by few-shot probe.
-RECIPES.register("pt")(dict(epochs=110, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
-                            weight_decay=5e-4, lr_step=30, lr_gamma=0.2, augment=True, dropout=0.0, head="mlp",
-                            selection="best"))
+RECIPES.register("pt")({"epochs": 110, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
+                        "nesterov": True, "weight_decay": 5e-4, "lr_step": 30, "lr_gamma": 0.2, "augment": True,
+                        "dropout": 0.0, "head": "mlp", "selection": "best"})
 # The TF code: Adam 1e-3 halved every 5k iterations, batch 64, the 10k-iteration snapshot (no
 # selection), dropout 0.1 (keep 0.9), no augmentation, a linear head. In epochs of miniImageNet's
 # 38,400 images: 10k it. = 16.7, 5k it. = 8.3.
-RECIPES.register("tf")(dict(epochs=17, batch_size=64, optimizer="adam", lr=1e-3, momentum=0.9, nesterov=False,
-                            weight_decay=0.0, lr_step=8, lr_gamma=0.5, augment=False, dropout=0.1, head="linear",
-                            selection="last"))
+RECIPES.register("tf")({"epochs": 17, "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "momentum": 0.9,
+                        "nesterov": False, "weight_decay": 0.0, "lr_step": 8, "lr_gamma": 0.5, "augment": False,
+                        "dropout": 0.1, "head": "linear", "selection": "last"})
 DEFAULT_RECIPE = "pt"
 RECIPE_KEY = "pretrain.recipe"
 
@@ -56,8 +53,8 @@ def merge_layers(layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def recipe_note(cfg: Config) -> str:
-    """One line on where the recipe fields of a resolved config came from (``--dry-run``, the head
+def recipe_note(cfg: Any) -> str:
+    """One line on where the recipe fields of a resolved :class:`mtl.config.Config` came from (``--dry-run``, the head
     of a saved config.yaml): those that hold the recipe's values, and those set otherwise."""
     p = cfg.pretrain
     values = RECIPES.get(p.recipe)

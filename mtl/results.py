@@ -257,35 +257,6 @@ class SweepSummary(Result):
         """Every trial in the sweep's order (:attr:`TrialRow.rank`: the race's finalists first)."""
         return sorted(self.trials, key=lambda t: t.place)
 
-    def metrics(self) -> dict[str, float]:
-        """The numbers MLflow's parent run holds."""
-        b = self.best
-        out: dict[str, float] = {"trials": len(self.trials), "stopped_early": self.count("stopped_early"),
-                                 "diverged": self.count("diverged"), "errored": self.count("errored"),
-                                 "wall_s": self.wall_s}
-        if b is not None:
-            out.update(best_val_acc=b.val_acc, best_test_acc=b.test_acc, best_test_ci95=b.test_ci95)
-        base = self.comparison.entry("baseline") if self.comparison else None
-        if base is not None:
-            out.update(baseline_test_acc=base.test_acc)
-            if base.val_acc is not None:
-                out.update(baseline_val_acc=base.val_acc)
-            if base.vs_winner is not None:
-                d = base.vs_winner
-                out.update(winner_vs_baseline_diff=d.diff, winner_vs_baseline_ci_low=d.ci_low,
-                           winner_vs_baseline_ci_high=d.ci_high, winner_vs_baseline_p=d.p)
-        if self.race is not None:
-            out.update(race_episodes=self.race.episodes, race_finalists=len(self.race.trials))
-            if self.race.separated is not None:
-                d = self.race.trials[1].vs_leader
-                out.update(race_separated=int(self.race.separated), winner_vs_runner_up_diff=d.diff,
-                           winner_vs_runner_up_ci_low=d.ci_low, winner_vs_runner_up_ci_high=d.ci_high,
-                           winner_vs_runner_up_p=d.p)
-        for s in self.final_seeds.trials if self.final_seeds else []:
-            role = "winner" if "winner" in s.roles else "baseline"
-            out.update({f"{role}_seeds_test_mean": s.test.mean, f"{role}_seeds_test_sd": s.test.sd})
-        return {k: float(v) for k, v in out.items()}
-
     def save(self, path: str | Path) -> None:
         write_text_atomic(path, self.model_dump_json(indent=1) + "\n")
 

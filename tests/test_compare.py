@@ -10,6 +10,7 @@ import pytest
 
 from mtl.results import Baseline, Best, SweepSummary, TrialRow
 from mtl.stats import paired
+from mtl.tracking.runlog import summary_metrics
 
 # per-episode accuracies of two configs on the same 8 episodes (tests/test_stats.py)
 A = [0.60, 0.72, 0.48, 0.88, 0.64, 0.56, 0.80, 0.68]
@@ -210,7 +211,7 @@ def test_the_table_says_in_words_whether_the_winner_beats_each_trial(tmp_path):
     assert "r2               test 61.00% ± 5.00 (stopped early by ASHA at epoch 2/4)" in text
     assert "verdict: searching helped: winner vs baseline: +6.0 points" in text
     assert "base baseline" in text  # the trials table marks it
-    m = s.metrics()
+    m = summary_metrics(s)
     assert m["winner_vs_baseline_diff"] == pytest.approx(0.06) and m["winner_vs_baseline_p"] < 0.001
     assert m["baseline_test_acc"] == pytest.approx(sum(ACCS["base"]) / 16) and "winner_seeds_test_sd" in m
     # summary.json is the summary's serialisation: it reads back as the same summary

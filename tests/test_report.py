@@ -31,6 +31,26 @@ def test_report_holds_every_section_and_loads_nothing(tmp_path):
     assert "inner_lr: 0.2" in page  # the resolved config
 
 
+def test_the_report_shows_the_race_and_the_sweeps_order(tmp_path):
+    from test_race import A, B
+
+    from mtl.report import write_report
+    from mtl.tune.race import race, ranked
+    from mtl.tune.tasks import Evaluated
+
+    s = _summary(tmp_path)
+    rows = {t.trial_id: t for t in s.trials}
+    raced = race([rows["w"], rows["r1"]], {"w": Evaluated(acc=sum(A) / 12, ci95=0.03, accs=A, episodes_key="k"),
+                                          "r1": Evaluated(acc=sum(B) / 12, ci95=0.03, accs=B, episodes_key="k")}, 12)
+    s = s.model_copy(update={"race": raced, "trials": ranked(s.trials, raced)})
+    page = write_report(s, tmp_path).read_text()
+    race_html = page[page.index('<h2 id="race">'):page.index('<h2 id="paired-comparison">')]
+    assert "the winner is separated from the runner-up on validation" in race_html
+    assert race_html.index(">r1<") < race_html.index(">w<")  # the leader first: r1 won the race
+    trials_html = page[page.index('<h2 id="trials">'):page.index('<h2 id="figures">')]
+    assert trials_html.index(">r1<") < trials_html.index(">w<")  # and leads the sweep's order
+
+
 def test_report_command(tmp_path, capsys):
     from mtl.cli import main
 

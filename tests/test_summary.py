@@ -7,6 +7,7 @@ import pytest
 
 from mtl.errors import ConfigError, MTLError
 from mtl.results import Best, MlflowLink, SweepSummary, TrialRow
+from mtl.tracking.runlog import summary_metrics
 from mtl.tune.outcome import trial_row
 from mtl.tune.summary import format_table, next_steps, ties, verdict
 
@@ -65,7 +66,7 @@ def test_diverged_trials_are_their_own_outcome_in_the_table_and_the_metrics(tmp_
     assert "3 trials (1 completed, 1 stopped early by ASHA, 1 diverged, 0 errored)" in text
     row = next(line for line in text.splitlines() if line.lstrip().startswith("c "))
     assert row.split()[-2:] == ["2/4", "diverged"] and "0.00%" in row
-    assert s.metrics()["diverged"] == 1.0 and s.metrics()["errored"] == 0.0
+    assert summary_metrics(s)["diverged"] == 1.0 and summary_metrics(s)["errored"] == 0.0
     assert s.trials[2].checkpoint is None  # no model to test or to win
 
 

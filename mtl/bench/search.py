@@ -27,6 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 SWEEPS = {"meta_only": ROOT / "search_spaces" / "smoke.yaml", "with_pretraining": ROOT / "search_spaces" / "smoke_pretrain.yaml"}
 POOR = ["pretrain.lr=0.002"]  # the synthetic preset pretrains at 0.05 (probe 0.73 after 8 epochs; 0.002: 0.60)
+BUDGET = 8  # trials of each sweep (smoke_pretrain.yaml's own; smoke.yaml runs 6 on its own)
 
 
 def _cpu_s() -> float:
@@ -70,7 +71,8 @@ def sweep(name: str, path: Path, out: Path, overrides: Sequence[str]) -> tuple[d
     from mtl.tune.spec import load_spec
     from mtl.tune.sweep import run_sweep
 
-    spec = load_spec(path, [*POOR, f"name=bench-{name}", f"storage={out}", "mlflow.enabled=false", *overrides])
+    spec = load_spec(path, [*POOR, f"name=bench-{name}", f"storage={out}", "mlflow.enabled=false",
+                            f"tune.num_samples={BUDGET}", *overrides])
     before = _cpu_s()
     summary = run_sweep(spec)
     cpu = _cpu_s() - before  # before the shutdown: Ray's processes are still there to count

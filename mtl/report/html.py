@@ -58,18 +58,28 @@ def _tags(roles: list[str]) -> str:
                    for r in roles)
 
 
+def _h2(title: str) -> str:
+    anchor = title.lower().replace("'", "").replace(" ", "-")
+    return f'<h2 id="{anchor}">{title}</h2>'  # our own titles (SECTIONS): HTML already
+
+
+def _diff(d: Any) -> str:
+    """A paired difference in points with its interval: ``+1.50 [-0.22, +3.22]``."""
+    return f"{100 * d.diff:+.2f} [{100 * d.ci_low:+.2f}, {100 * d.ci_high:+.2f}]"
+
+
 def _verdict(s: SweepSummary) -> str:
     kind = "yes" if s.verdict.startswith("searching helped") else "no"
-    return f'<h2 id="verdict">Verdict</h2><p class="verdict {kind}">{_e(s.verdict)}</p>'
+    return _h2("Verdict") + f'<p class="verdict {kind}">{_e(s.verdict)}</p>'
 
 
 def _race(s: SweepSummary) -> str:
     r = s.race
-    out = '<h2 id="race">Race</h2>'
     if r is None:
-        return out + ("<p>No race (<code>tune.race_top: 0</code>, or no trial left a checkpoint): the winner is the "
-                      "best validation accuracy of the search.</p>")
-    out += (f"<p>The top {len(r.trials)} trials of the search by validation accuracy, each at the state it "
+        return _h2("Race") + ("<p>No race (<code>tune.race_top: 0</code>, or no trial left a checkpoint): the "
+                              "winner is the best validation accuracy of the search.</p>")
+    out = _h2("Race") + (
+            f"<p>The top {len(r.trials)} trials of the search by validation accuracy, each at the state it "
             f"selected, on {r.episodes} fresh validation episodes (none of them a task that selected it), all on "
             "the same episodes; the leader is the winner. The leader minus each: mean paired difference, its 95% "
             f't-interval, the paired t-test.</p><p class="verdict {"yes" if r.separated else "no"}">{_e(r.says)}</p>')
@@ -77,8 +87,7 @@ def _race(s: SweepSummary) -> str:
     for i, e in enumerate(r.trials):
         d = e.vs_leader
         rows.append([_e(e.trial_id) + _tags(["winner"] if i == 0 else []), _pct(e.selection_val_acc),
-                     _pct(e.val_acc, e.val_ci95),
-                     f"{100 * d.diff:+.2f} [{100 * d.ci_low:+.2f}, {100 * d.ci_high:+.2f}]" if d else "-",
+                     _pct(e.val_acc, e.val_ci95), _diff(d) if d else "-",
                      f"{d.p:.3g}" if d else "-", ("yes" if d.significant else "no") if d else "-"])
         classes.append("winner" if i == 0 else "")
     return out + _table(["finalist", "val acc in the search", "val acc in the race (95% CI)",
@@ -87,7 +96,7 @@ def _race(s: SweepSummary) -> str:
 
 def _comparison(s: SweepSummary) -> str:
     comp = s.comparison
-    out = '<h2 id="paired-comparison">Paired comparison</h2>'
+    out = _h2("Paired comparison")
     if comp is None:
         return out + "<p>No trial left a checkpoint: nothing was tested.</p>"
     out += (f"<p>Each trial's best state on the same {comp.episodes} test episodes: mean accuracy with its 95% "
@@ -96,8 +105,7 @@ def _comparison(s: SweepSummary) -> str:
     rows, classes, words = [], [], []
     for t in comp.trials:
         d = t.vs_winner
-        diff = "-" if t.is_winner else "other episodes" if d is None else (
-            f"{100 * d.diff:+.2f} [{100 * d.ci_low:+.2f}, {100 * d.ci_high:+.2f}]")
+        diff = "-" if t.is_winner else "other episodes" if d is None else _diff(d)
         rows.append([_e(t.trial_id) + _tags(t.roles) + (_EARLY if t.stopped_early else ""), _pct(t.val_acc),
                      _pct(t.test_acc, t.test_ci95), diff, f"{d.p:.3g}" if d else "-",
                      ("yes" if d.significant else "no") if d else "-"])
@@ -111,7 +119,7 @@ def _comparison(s: SweepSummary) -> str:
 
 def _seeds(s: SweepSummary) -> str:
     fs = s.final_seeds
-    out = '<h2 id="seeds">Seeds</h2>'
+    out = _h2("Seeds")
     if fs is None:
         return out + ("<p>One seed per config (<code>tune.final_seeds: 1</code>): the numbers above are single "
                       "runs; set <code>tune.final_seeds</code> to re-run the winner and the baseline.</p>")
@@ -142,13 +150,13 @@ def _trials(s: SweepSummary) -> str:
                      _e(t.outcome), _pct(test.test_acc, test.test_ci95) if test else "-", _e(t.error or "")])
         classes.append("winner" if t.trial_id == win else "baseline" if t.baseline else "")
     head = ["trial", *(_e(k) for k in keys), "best val acc (95% CI)", "epochs", "outcome", "test acc", "error"]
-    return (f'<h2 id="trials">Trials</h2><p>{len(ranked)} trials in the sweep\'s order (the race\'s finalists '
+    return (_h2("Trials") + f"<p>{len(ranked)} trials in the sweep's order (the race's finalists "
             "first, then by best validation accuracy); the winner is green, the baseline (the base config, run "
             "first) yellow.</p>" + _table(head, rows, classes))
 
 
 def _figures(pngs: dict[str, str]) -> str:
-    out = '<h2 id="figures">Figures</h2>'
+    out = _h2("Figures")
     for name, title in FIGURE_TITLES.items():
         if name in pngs:
             out += (f'<figure id="{name.removesuffix(".png")}"><img alt="{_e(title)}" '
@@ -162,7 +170,7 @@ def _winner(s: SweepSummary) -> str:
     import yaml
 
     b = s.best
-    out = '<h2 id="winners-config">Winner\'s config</h2>'
+    out = _h2("Winner's config")
     if b is None:
         return out + "<p>No winner.</p>"
     searched = ", ".join(f"{k}={fmt(v)}" for k, v in b.config.items())
@@ -172,7 +180,7 @@ def _winner(s: SweepSummary) -> str:
 
 def _reproduce(s: SweepSummary) -> str:
     b = s.best
-    out = '<h2 id="reproduce">Reproduce</h2>'
+    out = _h2("Reproduce")
     if b is None:
         return out + "<p>No winner to reproduce.</p>"
     cmds = [("pretrain and meta-train the winner's config from scratch",

@@ -4,17 +4,14 @@ Every MLflow write happens in the sweep's driver: the Ray callback of :mod:`mtl.
 turns Ray Tune's trials into plain values (:class:`~mtl.results.TrialInfo`, result dicts, outcomes)
 and calls this tracker, which knows nothing of Ray. Trials never open the store, so concurrent
 trials cannot race on a fresh SQLite database (its schema migration is not safe under
-concurrency, ecosystem.md §3.3) and a crashed trial process cannot leave a run RUNNING. Runs are
-addressed by id through ``MlflowClient``, never through the fluent active-run stack.
+concurrency) and a crashed trial cannot leave a run RUNNING. Runs are addressed by id.
 
-MLflow is the only record of which runs belong to a sweep. The parent run carries the tags
-``sweep`` (the sweep's name) and ``mtl.role = sweep``; a child carries ``mlflow.parentRunId``
-and ``trial_id``. A resumed sweep (a new driver), a restored Tuner (which unpickles the callback
-from tuner.pkl) and a retried trial find their runs by these tags with ``search_runs``; run ids
-are cached in memory only, so no copy of them on disk can go stale. The experiment carries the
-tags MLflow's UI needs and a saved view of the sweep's runs (:mod:`mtl.compat`).
-
-mlflow is imported inside functions only: machines that run trials may not have it.
+MLflow is the only record of which runs belong to a sweep: the parent run carries the tags
+``sweep`` and ``mtl.role = sweep``, a child ``mlflow.parentRunId`` and ``trial_id``. A resumed
+sweep, a restored Tuner (which unpickles the callback from tuner.pkl) and a retried trial find
+their runs by these tags; run ids are cached in memory only, so no copy on disk can go stale. The
+experiment carries the tags MLflow's UI needs and a saved view of the sweep's runs
+(:mod:`mtl.compat`). mlflow is imported inside functions only.
 """
 
 from __future__ import annotations

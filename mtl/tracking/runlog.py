@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from mtl.compat import experiment_ui_tags, mlflow_limits
 from mtl.errors import ConfigError
 from mtl.metrics import METRICS, is_number, names
-from mtl.results import TrialInfo
+from mtl.results import SweepSummary, TrialInfo
 from mtl.schema import dotted
 from mtl.tracking.uri import sqlite_path
 
@@ -69,6 +69,36 @@ def experiment(client: MlflowClient, name: str, tracking_uri: str, metric: str, 
         location = (root / slug(name)).as_uri()
     tags = experiment_ui_tags({}, metric)
     return client.create_experiment(name, artifact_location=location, tags=tags), tags
+
+
+def summary_metrics(s: SweepSummary) -> dict[str, float]:
+    """The numbers of a finished sweep that its MLflow parent run holds."""
+    b = s.best
+    out: dict[str, float] = {"trials": len(s.trials), "stopped_early": s.count("stopped_early"),
+                             "diverged": s.count("diverged"), "errored": s.count("errored"),
+                             "wall_s": s.wall_s}
+    if b is not None:
+        out.update(best_val_acc=b.val_acc, best_test_acc=b.test_acc, best_test_ci95=b.test_ci95)
+    base = s.comparison.entry("baseline") if s.comparison else None
+    if base is not None:
+        out.update(baseline_test_acc=base.test_acc)
+        if base.val_acc is not None:
+            out.update(baseline_val_acc=base.val_acc)
+        if base.vs_winner is not None:
+            d = base.vs_winner
+            out.update(winner_vs_baseline_diff=d.diff, winner_vs_baseline_ci_low=d.ci_low,
+                       winner_vs_baseline_ci_high=d.ci_high, winner_vs_baseline_p=d.p)
+    if s.race is not None:
+        out.update(race_episodes=s.race.episodes, race_finalists=len(s.race.trials))
+        if s.race.separated is not None:
+            d = s.race.trials[1].vs_leader
+            out.update(race_separated=int(s.race.separated), winner_vs_runner_up_diff=d.diff,
+                       winner_vs_runner_up_ci_low=d.ci_low, winner_vs_runner_up_ci_high=d.ci_high,
+                       winner_vs_runner_up_p=d.p)
+    for r in s.final_seeds.trials if s.final_seeds else []:
+        role = "winner" if "winner" in r.roles else "baseline"
+        out.update({f"{role}_seeds_test_mean": r.test.mean, f"{role}_seeds_test_sd": r.test.sd})
+    return {k: float(v) for k, v in out.items()}
 
 
 def flatten_params(params: Mapping[str, object]) -> dict[str, str]:

@@ -1,12 +1,12 @@
 """Ray Tune sweeps of MTL configs.
 
 spec (the YAML) and space (its distributions), preflight (checks before Ray, the dry-run text),
-cluster (Ray, resources, signals), sweep (the driver: Tuner, the
-summary), trainable (the adapter to mtl.trial), outcome (how each trial ended), finals (the
-comparisons after the search), summary (the verdict and the printed table), progress and
-callbacks (what the terminal and MLflow get while trials run). The driver produces
-:mod:`mtl.results`; :mod:`mtl.tracking` and :mod:`mtl.report` consume them and never import this
-package.
+cluster (Ray, resources, signals), sweep (the driver: Tuner, the summary), trainable (the adapter
+to mtl.trial), outcome (how each trial ended), progress and callbacks (what the terminal and
+MLflow get while trials run), tasks (the Ray tasks after the search), race (the finalists on
+fresh validation episodes), finals (the comparisons on the test episodes, seed re-runs), summary
+(the verdict and the printed table). The driver produces :mod:`mtl.results`; :mod:`mtl.tracking`
+and :mod:`mtl.report` consume them and never import this package.
 """
 
 

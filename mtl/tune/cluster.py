@@ -149,6 +149,23 @@ def _env_for_trials() -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in (job.get("env_vars") or {})}
 
 
+def local_cpu_problem(spec: SweepSpec, cpus: int | None = None) -> str | None:
+    """Per-trial CPUs a local Ray on this machine (``cpus`` cores, default all of them) can never
+    give, so that every trial would stay pending forever, in words; None if they fit."""
+    cpus = cpus or os.cpu_count() or 1
+    if spec.resources.cpu <= cpus:
+        return None
+    return (f"resources.cpu = {spec.resources.cpu:g} is more than this machine's {cpus} CPUs, so a local Ray could "
+            f"start no trial; set resources.cpu to at most {cpus}, or join a cluster with such nodes (--address)")
+
+
+def check_local_resources(spec: SweepSpec, cpus: int | None = None) -> None:
+    """:func:`local_cpu_problem` as an error, for a sweep that starts its own Ray (no ``--address``,
+    no ``RAY_ADDRESS``); a cluster may have larger nodes."""
+    if problem := local_cpu_problem(spec, cpus):
+        raise ConfigError(problem)
+
+
 def trial_resources(spec: SweepSpec) -> dict[str, float]:
     """The spec's per-trial resources; a GPU request on a cluster without GPUs falls back to CPU
     (Ray would otherwise leave the trials pending forever)."""

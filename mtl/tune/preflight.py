@@ -19,7 +19,8 @@ from mtl.files import check_writable_dir
 from mtl.recipes import recipe_note
 from mtl.results import SweepSummary
 from mtl.schema import changed, dotted
-from mtl.tune.spec import SweepSpec, local_cpu_problem
+from mtl.tune.cluster import local_cpu_problem
+from mtl.tune.spec import SweepSpec
 
 SPEC_FILE = "sweep.json"  # what the first launch resolved; a resume must match it
 _TRACKING, _EXPERIMENT = "mlflow.tracking_uri", "mlflow.experiment"  # where its runs are (sweep.json)

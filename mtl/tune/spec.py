@@ -22,7 +22,6 @@ space key's base value is one the space can draw (the baseline trial is the base
 """
 
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -291,20 +290,3 @@ def _load_base(path: Path, base: str | None, inline: Any, cfg_over: dict[str, An
     paths = {k: str(Path(v).expanduser().resolve()) for k in ("data.root", "data.cache_dir", "pretrain.checkpoint")
              if (v := cfg.get(k)) and "://" not in v}
     return cfg.with_overrides(paths) if paths else cfg
-
-
-def local_cpu_problem(spec: SweepSpec, cpus: int | None = None) -> str | None:
-    """Per-trial CPUs a local Ray on this machine (``cpus`` cores, default all of them) can never
-    give, so that every trial would stay pending forever, in words; None if they fit."""
-    cpus = cpus or os.cpu_count() or 1
-    if spec.resources.cpu <= cpus:
-        return None
-    return (f"resources.cpu = {spec.resources.cpu:g} is more than this machine's {cpus} CPUs, so a local Ray could "
-            f"start no trial; set resources.cpu to at most {cpus}, or join a cluster with such nodes (--address)")
-
-
-def check_local_resources(spec: SweepSpec, cpus: int | None = None) -> None:
-    """:func:`local_cpu_problem` as an error, for a sweep that starts its own Ray (no ``--address``,
-    no ``RAY_ADDRESS``); a cluster may have larger nodes."""
-    if problem := local_cpu_problem(spec, cpus):
-        raise ConfigError(problem)

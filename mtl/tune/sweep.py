@@ -78,6 +78,7 @@ def _run(launch: Launch, start: float) -> SweepSummary:
     callbacks: list[Any] = [progress_callback(spec, resources, start)]  # epoch, trial-end and progress lines
     if launch.tracking_uri:
         from mtl.tracking.mlflow import SweepTracker
+        from mtl.tracking.runlog import summary_metrics
 
         tracker = SweepTracker(launch.tracking_uri, launch.experiment, spec.name, metric=spec.tune.metric,
                                mode=spec.tune.mode, baseline=spec.tune.baseline)
@@ -117,7 +118,7 @@ def _run(launch: Launch, start: float) -> SweepSummary:
     if summary.best is None:
         log.error("no trial produced a checkpoint; see the errors in %s/summary.json", exp)
     if tracker is not None:
-        tracker.finish(summary.metrics(), artifacts=artifacts(exp), figures=figs,
+        tracker.finish(summary_metrics(summary), artifacts=artifacts(exp), figures=figs,
                        best_trial=summary.best.trial_id if summary.best else None, description=format_table(summary),
                        ranks={t.trial_id: t.rank for t in summary.trials if t.rank is not None},
                        race={e.trial_id: e.val_acc for e in summary.race.trials} if summary.race else None)
