@@ -84,7 +84,6 @@ class Claim:
         folder = Path(folder).absolute()
         self.folder, self.parent = folder, folder.parent
         self.lock = Lock(self.parent / f".{folder.name}.claim")
-        self.lock_path = self.lock.path
         self.owner_path = self.parent / f".{folder.name}.owner.json"
         self._made: list[Path] = []  # the folders acquire created, deepest first
 

@@ -21,7 +21,6 @@ from mtl.stats import Paired, Spread
 
 Outcome = Literal["completed", "stopped_early", "diverged", "errored"]
 Phase = Literal["pretrain", "meta"]
-OUTCOMES: tuple[Outcome, ...] = ("completed", "stopped_early", "diverged", "errored")
 Role = Literal["winner", "runner_up", "baseline"]
 
 

@@ -71,3 +71,14 @@ def test_mlflows_ui_still_reads_the_saved_view_and_the_experiment_tags():
     missing = [k for k in wanted if k not in ui]
     assert not missing, f"MLflow's UI no longer names {missing}: update mtl/compat.py"
     assert state["orderByKey"] == "metrics.`best_val_acc`" and state["orderByAsc"] is False
+
+
+def test_a_trials_storage_context_names_its_next_checkpoint_where_mtl_reads_it():
+    """Outside a trial there is none (nothing known, nothing to remove); Ray's storage context
+    still has the two attributes the upload guard reads."""
+    from ray.train._internal.storage import StorageContext
+
+    upload = compat.CheckpointUpload()
+    assert upload.path is None and not upload.started()
+    assert isinstance(inspect.getattr_static(StorageContext, "checkpoint_fs_path"), property)
+    assert "self.current_checkpoint_index" in inspect.getsource(StorageContext)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 # The targets (checkable on a GPU; set for resnet25 at 80 px, bf16 + channels_last).
@@ -132,6 +131,3 @@ def table(result: dict[str, Any]) -> str:
         lines.append("targets are GPU targets: not judged on a CPU")
     return "\n".join(lines)
 
-
-def finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
