@@ -57,6 +57,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("episodes_per_s", "series", "meta-training throughput (tasks per second)", printed=True),
     Metric("images_per_s", "series", "pretraining throughput", printed=True),
     Metric("lr", "series", "pretraining learning rate after the epoch"),
+    Metric("gpu_peak_gb", "series", "peak GPU memory the trial's process has allocated so far (GiB; CUDA only)"),
     Metric("lr_ss", "series", "learning rate of the scales and shifts"),
     Metric("lr_head", "series", "learning rate of the head initialisation"),
     Metric("updates", "latest", "outer updates so far (normal and hard)"),

@@ -127,6 +127,7 @@ class ComparedTrial(Result):
     episodes: int
     shared_features: bool = False
     stopped_early: bool = False
+    finished: bool = False  # ASHA stopped it in pretraining; trained to its end after the search to be tested
     epoch: int = 0
     planned_epochs: int | None = None
     vs_winner: Paired | None = None  # None for the winner, and for a trial tested on other episodes

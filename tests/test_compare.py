@@ -172,6 +172,43 @@ def test_finals_test_each_trial_once_and_rerun_winner_and_baseline_per_seed(tmp_
     assert third.calls == ["seed_task"]
 
 
+def test_a_baseline_stopped_in_pretraining_is_trained_to_its_end_and_paired(tmp_path):
+    """A sweep that searches pretraining: ASHA may stop the baseline before meta-training, leaving no
+    checkpoint. It is finished after the search (one finish_task) and tested on the winner's episodes,
+    so the verdict still pairs the winner with the base config; a resumed driver runs it no more."""
+    from mtl.tune.finals import comparison, run_finals
+    from mtl.tune.spec import load_spec
+    from mtl.tune.summary import comparison_lines
+
+    class Finishing(Runner):
+        def __call__(self, calls, done):
+            for name, fn, args in [c for c in calls if c[1].__name__ == "finish_task"]:
+                self.calls.append(fn.__name__)
+                config, _ = args
+                assert config["meta"]["inner_lr"] == 0.05  # the base config with the baseline's values
+                done(name, {**self.compare([("base", None)], None, None)["base"], "finished": True, "val_acc": 0.55})
+            super().__call__([c for c in calls if c[1].__name__ != "finish_task"], done)
+
+    spec = load_spec(_spec_file(tmp_path, "  meta.inner_lr: {loguniform: [0.02, 0.5]}\n"), [f"storage={tmp_path}"])
+    rows = [_row("base", None, 1, 0.05, ck=False, outcome="stopped_early", stopped_in="pretrain", epoch=2),
+            _row("w", 0.80, 2, 0.2), _row("r1", 0.78, 3, 0.3)]
+    runner = Finishing(ACCS)
+    finals = run_finals(spec, rows, "base", str(tmp_path / "cache"), tmp_path / "exp", runner)
+    assert runner.calls == ["compare_task", "finish_task"]
+    comp, _ = comparison(finals, spec)
+    base = comp.trials[-1]
+    assert (base.trial_id, base.roles, base.finished, base.stopped_early, base.val_acc) == (
+        "base", ["baseline"], True, False, 0.55)
+    assert base.vs_winner == paired(ACCS["w"], ACCS["base"])
+    s = SweepSummary(name="x", spec="s.yaml", metric="val_acc", space={}, distributions={}, resources={}, baseline=None, best=None,
+                     comparison=comp, final_seeds=None, trials=rows, wall_s=1.0)
+    assert any("base (baseline)" in line and "trained to its end after the search" in line
+               for line in comparison_lines(s))
+    again = Finishing(ACCS)
+    run_finals(spec, rows, "base", str(tmp_path / "cache"), tmp_path / "exp", again)
+    assert again.calls == []
+
+
 def test_one_seed_runs_nothing_more(tmp_path):
     runner = Runner(ACCS)
     _, _, (_, seeds) = _finals(tmp_path, runner, seeds=1)

@@ -89,6 +89,20 @@ def test_second_trial_reuses_the_store_and_resumes_exactly(trial):
     assert resumed.checkpoints[-1]["val_accs"] == rec.checkpoints[-1]["val_accs"]  # per episode, every epoch
 
 
+def test_a_baseline_stopped_in_pretraining_is_finished_and_tested_on_the_test_episodes(trial):
+    """finish_task: the whole config run to its end (its pretraining from the store), then its best state
+    on the same test episodes as compare_task's, with its validation per epoch for the paired view."""
+    from mtl.tune.tasks import Tested, episodes_key, finish_task
+
+    cfg, store, rec, trainer = trial
+    got = Tested.model_validate(finish_task(cfg.to_dict(), str(store)))
+    assert got.finished and got.episodes_key == episodes_key(cfg) and got.val_key == episodes_key(cfg, "val")
+    assert len(got.accs) == cfg.eval.episodes and got.acc == pytest.approx(sum(got.accs) / len(got.accs))
+    # the same run as the trial's own: same backbone (from the store), same validation, epoch by epoch
+    assert got.backbone_sha256 == rec.checkpoints[-1]["backbone_ref"]["sha256"]
+    assert got.val_accs == rec.checkpoints[-1]["val_accs"] and got.val_acc == trainer.best_acc
+
+
 def test_validation_is_kept_per_episode_and_alike_trials_embed_the_test_episodes_once(trial, tmp_path, monkeypatch):
     """The paired comparisons after a sweep (mtl.tune.finals): each epoch's per-episode accuracies
     on the validation bank travel in the checkpoint, and trials with the same feature extractor

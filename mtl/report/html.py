@@ -34,6 +34,7 @@ background:#ddd;margin-left:.3em}}.tag.b{{background:#f2c94c}}.tag.s{{background
 pre{{background:#f6f6f6;padding:.8em;overflow-x:auto}}figure{{margin:1em 0}}figcaption{{color:#555}}
 img{{max-width:100%}}"""
 _EARLY = '<span class="tag s">stopped early</span>'
+_FINISHED = '<span class="tag s">stopped in pretraining, trained to its end after the search</span>'
 
 
 def _e(x: Any) -> str:
@@ -106,7 +107,8 @@ def _comparison(s: SweepSummary) -> str:
     for t in comp.trials:
         d = t.vs_winner
         diff = "-" if t.is_winner else "other episodes" if d is None else _diff(d)
-        rows.append([_e(t.trial_id) + _tags(t.roles) + (_EARLY if t.stopped_early else ""), _pct(t.val_acc),
+        rows.append([_e(t.trial_id) + _tags(t.roles) + (_EARLY if t.stopped_early else _FINISHED if t.finished else ""),
+                     _pct(t.val_acc),
                      _pct(t.test_acc, t.test_ci95), diff, f"{d.p:.3g}" if d else "-",
                      ("yes" if d.significant else "no") if d else "-"])
         classes.append("winner" if t.is_winner else "baseline" if "baseline" in t.roles else "")

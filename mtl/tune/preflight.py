@@ -173,7 +173,9 @@ def after_search(spec: SweepSpec) -> list[str]:
          "race: none (tune.race_top: 0): the winner is the best validation accuracy of the search"),
         (f"after the search: the winner, the next {t.compare_top}{' and the baseline' if point else ''} tested on "
          f"the same {spec.base.eval.episodes} test episodes (at most {t.compare_top + (2 if point else 1)} test "
-         "passes, in one task with a trial's resources)"),
+         "passes, in one task with a trial's resources)" + (
+             "; a baseline that ASHA stops in pretraining is trained to its end first (the cost of one trial)"
+             if point and spec.searches_pretraining else "")),
         f"final seeds: {t.final_seeds} per config" + (
             f": {runs} more meta-trainings ({n} each for the winner{' and the baseline' if point else ''}, up to "
             f"{spec.upper('meta.epochs')} epochs of {m.batches_per_epoch} batches, no pretraining), as Ray tasks "

@@ -85,7 +85,8 @@ def comparison_lines(s: SweepSummary) -> list[str]:
     names = {t.trial_id: label(t.trial_id, t.roles) for t in comp.trials}
     width = max(len(x) for x in names.values())
     lines += [f"  {names[t.trial_id].ljust(width)}  test {pct(t.test_acc, t.test_ci95)}" + (
-              f" (stopped early by ASHA at epoch {t.epoch}/{t.planned_epochs})" if t.stopped_early else "")
+              f" (stopped early by ASHA at epoch {t.epoch}/{t.planned_epochs})" if t.stopped_early else
+              " (stopped by ASHA in pretraining; trained to its end after the search)" if t.finished else "")
               for t in comp.trials]
     for t in comp.trials[1:]:
         name = f"winner vs {names[t.trial_id]}"

@@ -1,7 +1,8 @@
 """The Ray tasks a sweep runs after its search, and what each returns.
 
 :func:`race_task` re-validates the finalists on fresh validation episodes (:mod:`mtl.tune.race`),
-:func:`compare_task` tests the compared trials on the same test episodes and :func:`seed_task`
+:func:`compare_task` tests the compared trials on the same test episodes, :func:`finish_task` trains
+a baseline that ASHA stopped in pretraining to its end and tests it there, and :func:`seed_task`
 meta-trains a config again with another seed (:mod:`mtl.tune.finals`). Each task is a plain function
 (a test calls it in-process); :func:`ray_runner` runs them as Ray tasks with a trial's resources.
 The evaluating tasks load each split once, evaluate every trial on the same episodes, and embed them
@@ -44,6 +45,8 @@ class Tested(Evaluated):
     val_accs: list[dict[str, Any]]  # per epoch: {"epoch", "accs"} on the validation bank
     backbone_sha256: str
     test_data: str = ""
+    finished: bool = False  # trained to its end after the search (:func:`finish_task`)
+    val_acc: float | None = None  # its best validation accuracy, when it was finished here
 
 
 class Reseeded(BaseModel):
@@ -181,6 +184,32 @@ def seed_task(checkpoint_dir: str, cache_root: str, seed: int) -> dict[str, Any]
     res = evaluate_checkpoint(state, cfg, env, load_test(cfg, env))
     return Reseeded(seed=seed, val_acc=trainer.best_acc, test_acc=res["acc"], test_ci95=res["ci95"], accs=res["accs"],
                     epochs=trainer.epoch, backbone_sha256=backbone.ref["sha256"]).model_dump()
+
+
+def finish_task(config: dict[str, Any], cache_root: str) -> dict[str, Any] | None:
+    """Ray task: a config that ASHA stopped in pretraining (the baseline of a sweep that searches
+    pretraining) trained to its end, the rest of its pretraining from the store (the build it left)
+    and then meta-training, and its best state tested on the test episodes; None if it diverged."""
+    from mtl.config import config_from_dict
+    from mtl.data.evalset import data_label, eval_data
+    from mtl.phases.evaluate import evaluate_checkpoint
+    from mtl.pretraining import standalone
+    from mtl.runtime import make_env
+    from mtl.trial import load_test, run_trial
+    from mtl.tune.cluster import setup_worker_logging
+
+    setup_worker_logging("baseline")
+    cfg = config_from_dict(config)
+    env = replace(make_env(cfg.runtime), progress=False)
+    end = run_trial(cfg, store=cache_root, report=lambda m, c: None, env=env)
+    if end.meta is None or end.meta.best_acc < 0:  # pretraining diverged, or no epoch was validated
+        return None
+    state = standalone({**end.meta.state_dict(), "config": cfg.to_dict()}, end.backbone)
+    res = evaluate_checkpoint(state, cfg, env, load_test(cfg, env))
+    return Tested(acc=res["acc"], ci95=res["ci95"], accs=res["accs"], episodes_key=episodes_key(cfg),
+                  val_key=episodes_key(cfg, "val"), val_accs=state["val_accs"], backbone_sha256=end.backbone.ref["sha256"],
+                  test_data=data_label(eval_data(cfg), cfg.eval.data.split), finished=True,
+                  val_acc=end.meta.best_acc).model_dump()
 
 
 def ray_runner(resources: dict[str, float]) -> Runner:

@@ -26,6 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.compat import CheckpointUpload
 from mtl.config import config_from_dict
@@ -41,8 +43,11 @@ CHECKPOINT_FILE = "meta_state.pt"
 
 def reported(metrics: dict[str, Any], state: dict[str, Any] | None) -> dict[str, Any]:
     """What a trainer's epoch becomes in Ray: its phase and every number, and with a checkpoint the
-    constants of the backbone it names (``pretrain_val_acc``, ``pretrain_built``)."""
+    constants of the backbone it names (``pretrain_val_acc``, ``pretrain_built``); on a GPU the trial's
+    peak memory so far (``gpu_peak_gb``)."""
     out = {"phase": metrics["phase"], **numeric(metrics)}
+    if torch.cuda.is_initialized():  # one process per trial: its own peak, what a GPU fraction must hold
+        out["gpu_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
     if state is not None:
         ref = state["backbone_ref"]
         out.update(pretrain_val_acc=ref["val_acc"] or 0.0, pretrain_built=int(ref["status"] == "built"))
