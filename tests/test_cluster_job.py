@@ -45,7 +45,8 @@ EXCLUDES = [".git", "/.venv/", "/venv/", "/data/", "/ray_results/", "/runs/", "m
 
 # The smoke sweep, shrunk to about a minute on 2 CPU cores: fewer, smaller classes, short
 # pretraining and meta-training, few evaluation episodes. Still far above chance (20%).
-SMALL = ["tune.num_samples=4", "tune.race_episodes=40", *TINY_SWEEP, "data.synthetic.train_classes=16", "pretrain.epochs=2", "meta.epochs=2"]
+SMALL = ["tune.num_samples=3", "tune.race_top=0", *TINY_SWEEP,  # the race: test_tune_sweep.py
+         "data.synthetic.train_classes=16", "pretrain.epochs=2", "meta.epochs=2"]
 
 
 # ----------------------------------------------------------------------------- cluster.yaml
@@ -284,7 +285,7 @@ def test_smoke_sweep_as_job(ray_head, tmp_path):
     # what the sweep wrote on the storage path (an absolute path outside the job's working dir)
     summary = json.loads((storage / "smoke" / "summary.json").read_text())
     trials = summary["trials"]
-    assert len(trials) == 4 and len({t["trial_id"] for t in trials}) == 4
+    assert len(trials) == 3 and len({t["trial_id"] for t in trials}) == 3
     assert not [t for t in trials if t["outcome"] == "errored"], [t["error"] for t in trials]
     best = summary["best"]
     assert best is not None and best["test_acc"] > 0.2, best

@@ -261,3 +261,25 @@ def test_train_draws_tqdm_bars_on_a_terminal_and_none_into_a_pipe(tmp_path, capf
     piped = capfd.readouterr().err + caplog.text  # bars would go to stderr, the log lines to logging
     assert "meta epoch 3/3" in piped  # it ran the loops that draw bars on a terminal
     assert not re.search(r"\d+%\|", piped) and "it/s" not in piped, piped[-3000:]
+
+
+def test_a_worker_stopped_by_ray_prints_no_exception_ignored_trace():
+    """Ray stops a finished trial's actor with SIGTERM; its handler's SystemExit, raised inside a
+    garbage-collection callback, would be printed as "Exception ignored" and forwarded to the driver's
+    terminal. The worker's hook keeps quiet about that exit and prints any other such exception."""
+    code = """
+import weakref
+from mtl.tune.cluster import setup_worker_logging
+setup_worker_logging("t")
+class A: pass
+def stop(_): raise SystemExit(1)
+def bug(_): raise ValueError("a real bug")
+a, b = A(), A()
+r1, r2 = weakref.ref(a, stop), weakref.ref(b, bug)
+del a, b
+print("alive")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "alive", proc.stderr
+    assert "SystemExit" not in proc.stderr
+    assert "Exception ignored" in proc.stderr and "ValueError: a real bug" in proc.stderr

@@ -23,7 +23,7 @@ space:
   pretrain.lr: {choice: [0.05, 1.0e-5]}
   meta.inner_lr: {choice: [0.1, 0.2]}
 tune: {num_samples: 3, max_concurrent: 1, searcher: random, seed: 7, grace_period: 2, reduction_factor: 2,
-       max_failures: 0, compare_top: 1}
+       max_failures: 0, compare_top: 1, race_top: 0}
 resources: {cpu: 1, gpu: 0}
 """
 

@@ -257,7 +257,8 @@ tune: {num_samples: 5, scheduler: none, n_startup_trials: 5}
 resources: {cpu: 0.25, gpu: 0.25}
 """
     # four trials share two cores here: as little work per trial as shows the point
-    spec = _spec(tmp_path, store, ["pretrain.epochs=2", "meta.epochs=2", "meta.batches_per_epoch=2"], text)
+    spec = _spec(tmp_path, store, ["pretrain.epochs=2", "meta.epochs=2", "meta.batches_per_epoch=2",
+                                   "tune.race_top=0"], text)  # the race: test_smoke_sweep_end_to_end
     running = RunningCount()
     _add_callback(monkeypatch, running)
     summary = run_sweep(spec).model_dump(mode="json")  # as summary.json holds it
@@ -383,7 +384,8 @@ def test_interrupted_sweep_is_reported_and_left_resumable(ray_local, store, tmp_
     from mtl.tune import SweepInterrupted
     from mtl.tune.sweep import run_sweep
 
-    spec = _spec(tmp_path, store, ["name=interrupt", "meta.epochs=4", "tune.num_samples=2", "tune.scheduler=none"])
+    spec = _spec(tmp_path, store, ["name=interrupt", "meta.epochs=4", "tune.num_samples=2", "tune.scheduler=none",
+                                   "tune.race_top=0"])
     exp = spec.experiment_dir
     # at the sweep's first result (a checkpointed epoch 1), no trial can have finished
     signal_sent = OnFirstResult(lambda r: True, lambda r: os.kill(os.getpid(), signal.SIGTERM))

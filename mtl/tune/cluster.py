@@ -109,6 +109,16 @@ def setup_worker_logging(name: str | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     _quiet_loggers(driver=False)
+    sys.unraisablehook = _quiet_exit_on_sigterm
+
+
+def _quiet_exit_on_sigterm(u: Any) -> None:
+    """A worker stopped by Ray (a finished or early-stopped trial's actor) gets SIGTERM; Ray's handler
+    raises SystemExit, and where that lands in a garbage-collection callback Python prints an
+    "Exception ignored" trace that Ray forwards to the driver's terminal. That exit is the intended
+    one: say nothing. Every other unraisable exception is printed as Python would."""
+    if not isinstance(u.exc_value, SystemExit):
+        sys.__unraisablehook__(u)
 
 
 def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
