@@ -70,8 +70,8 @@ def poison_loss(monkeypatch):
     return poison
 
 
-# The longest modules first, so that pytest-xdist (``-n 2 --dist loadfile`` in pyproject.toml)
-# never ends with one worker alone on a long module while the other idles. The rest keep their
+# The longest modules first, so that pytest-xdist (``-n 3 --dist loadfile`` in pyproject.toml)
+# never ends with one worker alone on a long module while the others idle. The rest keep their
 # collection order.
 LONG_FIRST = ["test_tune_resume.py", "test_tune_sweep.py", "test_equivalence.py", "test_learning.py",
               "test_cluster_job.py", "test_disk_full.py", "test_mlflow_sweep.py", "test_tune_pretrain.py",
