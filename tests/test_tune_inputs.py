@@ -1,10 +1,11 @@
 """Bad sweep input fails before Ray starts: one line on stderr naming the problem and the fix,
 exit status 2, no files. Every case runs ``launch/tune.py``'s ``main`` in-process; three of them
 also run as real subprocesses, for the exit status and stderr of the command itself. Plus
---dry-run, and the spec checks that guard the sweep at run time."""
+--dry-run, the GPU request's fallback to CPU, and the spec checks that guard the sweep at run time."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -146,6 +147,24 @@ def test_dry_run_prints_the_resolved_sweep_and_starts_nothing(tmp_path, monkeypa
     assert "scheduler: asha on epoch, grace 1, reduction 2, max_t 5" in out
     assert f"storage: {tmp_path / 'results' / 'smoke'}" in out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_request_without_gpus_falls_back_to_cpu(monkeypatch, caplog, tmp_path):
+    """The decision the dry run announces (test_tune_resume.py runs such a sweep to the end on a
+    local Ray without GPUs)."""
+    import ray
+
+    from mtl.tune import cluster
+    from mtl.tune.spec import load_spec
+
+    spec = load_spec(SMOKE, ["resources.gpu=0.25", f"storage={tmp_path}"])
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with caplog.at_level(logging.WARNING, logger="mtl.tune.cluster"):
+        assert cluster.trial_resources(spec) == {"cpu": 1.0, "gpu": 0.0}
+    assert "no GPU: running trials on CPU" in caplog.text
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
+    assert cluster.trial_resources(spec) == {"cpu": 1.0, "gpu": 0.25}
+
 
 
 # --- spec checks that protect a running sweep (in-process, no Ray) -------------------------------

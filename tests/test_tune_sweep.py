@@ -14,14 +14,12 @@ fake GPU: ecosystem.md §1.4), one SQLite MLflow store, tiny synthetic data.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 from pathlib import Path
 
 import mlflow
 import pytest
-import ray
 from ray import tune
 from tune_support import SMOKE, TINY, restart_index, results, trial_dirs
 
@@ -279,21 +277,6 @@ resources: {cpu: 0.25, gpu: 0.25}
     for lr in {t["config"]["pretrain.lr"] for t in trials}:
         sharing = [t["trial_id"] for t in trials if t["config"]["pretrain.lr"] == lr]
         assert len(builders & set(sharing)) == 1, (lr, sharing, builders)
-
-
-def test_gpu_request_without_gpus_falls_back_to_cpu(monkeypatch, caplog, tmp_path):
-    """The decision itself (the subprocess resume test runs such a sweep to the end on a
-    local Ray without GPUs)."""
-    from mtl.tune import cluster
-    from mtl.tune.spec import load_spec
-
-    spec = load_spec(SMOKE, ["resources.gpu=0.25", f"storage={tmp_path}"])
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
-    with caplog.at_level(logging.WARNING, logger="mtl.tune.cluster"):
-        assert cluster.trial_resources(spec) == {"cpu": 1.0, "gpu": 0.0}
-    assert "no GPU: running trials on CPU" in caplog.text
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
-    assert cluster.trial_resources(spec) == {"cpu": 1.0, "gpu": 0.25}
 
 
 def test_trial_killed_mid_epoch_is_retried_from_its_checkpoint(ray_local, store, tmp_path, monkeypatch):
